@@ -1,0 +1,11 @@
+"""glipcore: the science of glip-node.
+
+Heatmaps, the GLiP loss and baselines, the 3D U-Net, decoding, geometry and metrics,
+the aortic-root phantom, volumes and resampling, training, the model bundle and the
+Predictor. No networking, no database, no DICOM networking.
+"""
+
+__version__ = "0.1.0"
+
+LANDMARKS: tuple[str, ...] = ("RCC", "LCC", "NCC")
+"""Landmark names in channel order: right, left and non-coronary cusp hinge points."""

@@ -1,0 +1,23 @@
+"""The ``glip`` command: phantoms, training, evaluation and prediction."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    name="glip",
+    help="GLiP aortic-root landmarking: phantoms, training, evaluation, prediction.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _root() -> None:
+    """GLiP aortic-root landmarking (research use only)."""
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

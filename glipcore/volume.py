@@ -1,0 +1,57 @@
+"""Volume: a voxel array with its geometry in patient LPS mm.
+
+Loaders (DICOM series, Enhanced CT, NIfTI) and resampling to the model grid live here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from glipcore.geometry import FloatArray, ijk_to_lps, lps_to_ijk, spacing_of
+
+
+@dataclass(frozen=True)
+class Volume:
+    """A 3-D image: ``array`` in (Z, Y, X) order and a 4x4 ``affine`` mapping (i, j, k, 1)
+    voxel indices (i = column, j = row, k = slice) to LPS mm.
+
+    ``meta`` carries loader facts (e.g. source UIDs) and never influences geometry.
+    """
+
+    array: NDArray[Any]
+    affine: FloatArray
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        a = np.asarray(self.affine, dtype=np.float64)
+        if a.shape != (4, 4) or not np.all(np.isfinite(a)):
+            raise ValueError("affine must be a finite 4x4 matrix")
+        if not np.allclose(a[3], [0.0, 0.0, 0.0, 1.0]):
+            raise ValueError("affine's last row must be (0, 0, 0, 1)")
+        if abs(float(np.linalg.det(a[:3, :3]))) < 1e-9:
+            raise ValueError("affine is singular")
+        if np.ndim(self.array) != 3:
+            raise ValueError(f"volume array must be 3-D (Z, Y, X), got {np.ndim(self.array)}-D")
+        object.__setattr__(self, "affine", a)
+
+    @property
+    def shape_zyx(self) -> tuple[int, int, int]:
+        z, y, x = self.array.shape
+        return int(z), int(y), int(x)
+
+    @property
+    def spacing(self) -> FloatArray:
+        """Spacing (i, j, k) in mm."""
+        return spacing_of(self.affine)
+
+    def to_lps(self, ijk: NDArray[Any]) -> FloatArray:
+        """Continuous voxel indices (..., 3) -> LPS mm."""
+        return ijk_to_lps(self.affine, ijk)
+
+    def to_ijk(self, lps: NDArray[Any]) -> FloatArray:
+        """LPS mm (..., 3) -> continuous voxel indices (i, j, k)."""
+        return lps_to_ijk(self.affine, lps)
