@@ -5,6 +5,8 @@ from __future__ import annotations
 import typer
 from rich.console import Console
 
+from dicomnode import node_cli
+
 app = typer.Typer(
     name="dicomnode",
     help="glip-node DICOM service: receive pre-TAVR CT, find the aortic hinge points, "
@@ -14,6 +16,11 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console(stderr=True)
+
+app.callback()(node_cli.main_options)
+app.command("serve")(node_cli.serve)
+app.add_typer(node_cli.db_app, name="db")
+app.add_typer(node_cli.config_app, name="config")
 
 
 @app.command()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import typer
 
+from glipcore import model_cli, phantom_cli
+
 app = typer.Typer(
     name="glip",
     help="GLiP aortic-root landmarking: phantoms, training, evaluation, prediction.",
@@ -16,6 +18,12 @@ app = typer.Typer(
 @app.callback()
 def _root() -> None:
     """GLiP aortic-root landmarking (research use only)."""
+
+
+app.command("train")(model_cli.train)
+app.command("evaluate")(model_cli.evaluate)
+app.command("predict")(model_cli.predict)
+app.command("phantom")(phantom_cli.phantom)
 
 
 def main() -> None:

@@ -1,0 +1,406 @@
+"""Node configuration: one loader for every ``dicomnode`` command.
+
+Precedence: built-in defaults < YAML file (``--config FILE``) < environment variables
+(prefix ``DICOMNODE_``, nested keys joined by ``__``, e.g. ``DICOMNODE_NETWORK__PORT=11113``;
+lists and mappings as JSON). ``configs/node.yaml`` documents every key with its default;
+a test keeps it equal to the defaults written here.
+
+Relative paths are relative to the working directory of the process.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+ENV_PREFIX = "DICOMNODE_"
+CONFIG_ENV = "DICOMNODE_CONFIG"
+"""Environment variable naming the config file when ``--config`` is not given."""
+
+_AE_TITLE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable, no backslash
+_UID_ROOT_RE = re.compile(r"^[0-9]+(\.[0-9]+)*\.?$")
+_SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
+_UNITS = {
+    "B": 1,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "TB": 10**12,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+    "TIB": 2**40,
+}
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names each bad key and what it expects."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_ae_title(value: str) -> str:
+    stripped = value.strip()
+    if not stripped or not _AE_TITLE_RE.match(value):
+        raise ValueError(
+            "an AE title is 1-16 printable ASCII characters, not all spaces, without backslash"
+        )
+    return stripped
+
+
+AeTitle = Annotated[str, Field(min_length=1, max_length=16), AfterValidator(_check_ae_title)]
+
+
+class Identity(_Section):
+    """How the node's own objects are marked (outputs use it; ingest recognises it)."""
+
+    uid_root: str = "2.25.4310749083864333264016674165094214414."
+    manufacturer: str = "glip-node"
+    series_description_prefix: str = "GLIP"
+
+    @field_validator("uid_root")
+    @classmethod
+    def _uid_root(cls, v: str) -> str:
+        if not _UID_ROOT_RE.match(v) or len(v) > 48:
+            raise ValueError("a UID root is digits separated by dots, at most 48 characters")
+        return v if v.endswith(".") else v + "."
+
+
+class TlsConfig(_Section):
+    """TLS for the SCP. Off by default; when on, cert_file and key_file are required."""
+
+    enabled: bool = False
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    ca_file: Path | None = None
+    require_client_cert: bool = False
+
+    @model_validator(mode="after")
+    def _files(self) -> TlsConfig:
+        if self.enabled and (self.cert_file is None or self.key_file is None):
+            raise ValueError("tls.enabled needs tls.cert_file and tls.key_file")
+        if self.require_client_cert and self.ca_file is None:
+            raise ValueError("tls.require_client_cert needs tls.ca_file to verify clients")
+        return self
+
+
+class NetworkConfig(_Section):
+    """Where and how the SCP listens."""
+
+    bind_address: str = "127.0.0.1"
+    port: int = Field(default=11112, ge=0, le=65535)  # 0: any free port
+    max_associations: int = Field(default=8, ge=1, le=1000)
+    max_pdu_bytes: int = Field(default=4_194_304, ge=0)
+    acse_timeout_s: float = Field(default=30.0, gt=0)
+    dimse_timeout_s: float = Field(default=60.0, gt=0)
+    network_timeout_s: float = Field(default=120.0, gt=0)
+    tls: TlsConfig = TlsConfig()
+
+    @field_validator("max_pdu_bytes")
+    @classmethod
+    def _pdu(cls, v: int) -> int:
+        if v != 0 and v < 4096:
+            raise ValueError("max_pdu_bytes is 0 (unlimited) or at least 4096")
+        return v
+
+
+class AllowedCaller(_Section):
+    """One calling AE title allowed to associate, optionally only from one host."""
+
+    ae_title: AeTitle
+    host: str | None = None
+
+
+class AccessConfig(_Section):
+    """Who may associate. An empty list refuses everyone unless accept_any is true."""
+
+    accept_any: bool = False
+    allowed: list[AllowedCaller] = []
+
+
+class ArchiveConfig(_Section):
+    """The on-disk archive of received instances."""
+
+    dir: Path | None = None
+    layout: Literal["uid", "hashed"] = "uid"
+    fsync: bool = True
+    duplicate_policy: Literal["keep_first", "keep_newest"] = "keep_first"
+    min_free: str = "2GiB"
+
+    @field_validator("min_free", mode="before")
+    @classmethod
+    def _min_free(cls, v: Any) -> str:
+        if isinstance(v, bool):
+            raise ValueError("min_free is a size such as 2GiB or 500000000, or a percent like 5%")
+        if isinstance(v, int | float):
+            v = str(v)
+        if not isinstance(v, str):
+            raise ValueError("min_free is a size such as 2GiB or 500000000, or a percent like 5%")
+        s = v.strip()
+        if s.endswith("%"):
+            try:
+                pct = float(s[:-1])
+            except ValueError:
+                pct = -1.0
+            if not 0.0 <= pct < 100.0:
+                raise ValueError("a min_free percent is between 0% and 100%")
+            return s
+        if not _SIZE_RE.match(s):
+            raise ValueError(
+                "min_free is a size such as 2GiB, 500MB or 500000000 (bytes), or a percent like 5%"
+            )
+        return s
+
+    def min_free_bytes(self, total_bytes: int) -> int:
+        """The watermark in bytes for a file system of ``total_bytes``."""
+        s = self.min_free.strip()
+        if s.endswith("%"):
+            return int(total_bytes * float(s[:-1]) / 100.0)
+        m = _SIZE_RE.match(s)
+        assert m is not None  # validated
+        unit = (m.group(2) or "B").upper()
+        return int(float(m.group(1)) * _UNITS[unit])
+
+
+class DatabaseConfig(_Section):
+    """The database. Default: SQLite (WAL) in var_dir; PostgreSQL via postgresql+psycopg://."""
+
+    url: str | None = None
+    busy_timeout_s: float = Field(default=30.0, gt=0)
+    echo: bool = False
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and not (v.startswith("sqlite") or v.startswith("postgresql")):
+            raise ValueError("url is sqlite:///PATH or postgresql+psycopg://USER@HOST:PORT/DB")
+        return v
+
+
+class AssemblerConfig(_Section):
+    """Series completeness."""
+
+    quiet_time_s: float = Field(default=30.0, gt=0)
+    forced_deadline_s: float = Field(default=1800.0, gt=0)
+    sweep_interval_s: float = Field(default=2.0, gt=0)
+
+    @model_validator(mode="after")
+    def _deadline(self) -> AssemblerConfig:
+        if self.forced_deadline_s < self.quiet_time_s:
+            raise ValueError("assembler.forced_deadline_s must be >= assembler.quiet_time_s")
+        return self
+
+
+class SelectionConfig(_Section):
+    """Which completed series become jobs."""
+
+    modalities: list[str] = ["CT"]
+    require_original: bool = True
+    exclude_localizers: bool = True
+    min_slices: int = Field(default=40, ge=1)
+    max_slice_thickness_mm: float = Field(default=1.5, gt=0)
+    min_z_coverage_mm: float = Field(default=60.0, ge=0)
+    phase: Literal["most_complete"] | Annotated[float, Field(ge=0, lt=100)] = "most_complete"
+    late_instances: Literal["reprocess", "ignore"] = "reprocess"
+    skip_own_outputs: bool = True
+
+
+class Destination(_Section):
+    """A DICOM peer that receives results (used by delivery, issue 6)."""
+
+    name: str = Field(min_length=1)
+    ae_title: AeTitle
+    host: str = Field(min_length=1)
+    port: int = Field(ge=1, le=65535)
+    tls: bool = False
+    kinds: list[Literal["sr", "seg", "keyimage"]] = ["sr", "seg", "keyimage"]
+
+
+class DeliveryConfig(_Section):
+    """Retry policy for sending results (issue 6)."""
+
+    max_attempts: int = Field(default=10, ge=1)
+    backoff_initial_s: float = Field(default=5.0, gt=0)
+    backoff_max_s: float = Field(default=600.0, gt=0)
+
+
+class WorkerConfig(_Section):
+    """Job workers (issue 6)."""
+
+    threads: int = Field(default=1, ge=1, le=64)
+    lease_s: float = Field(default=900.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1)
+    poll_interval_s: float = Field(default=2.0, gt=0)
+
+
+class ModelConfig(_Section):
+    """The model bundle used for inference (issue 6); none configured means no inference."""
+
+    bundle: Path | None = None
+
+
+class LoggingConfig(_Section):
+    """Log level of the service (logs never carry patient names, IDs or birth dates)."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class NodeConfig(BaseSettings):
+    """The whole node configuration. Build it with :func:`load_config`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+        case_sensitive=False,
+    )
+
+    ae_title: AeTitle = "GLIPNODE"
+    var_dir: Path = Path("var")
+    identity: Identity = Identity()
+    network: NetworkConfig = NetworkConfig()
+    access: AccessConfig = AccessConfig()
+    archive: ArchiveConfig = ArchiveConfig()
+    database: DatabaseConfig = DatabaseConfig()
+    assembler: AssemblerConfig = AssemblerConfig()
+    selection: SelectionConfig = SelectionConfig()
+    destinations: list[Destination] = []
+    delivery: DeliveryConfig = DeliveryConfig()
+    worker: WorkerConfig = WorkerConfig()
+    model: ModelConfig = ModelConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+    @field_validator("destinations")
+    @classmethod
+    def _unique_destinations(cls, v: list[Destination]) -> list[Destination]:
+        names = [d.name for d in v]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"destination names must be unique; repeated: {', '.join(dup)}")
+        return v
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file's values arrive as init kwargs; environment variables override them.
+        return (env_settings, init_settings)
+
+    @property
+    def archive_dir(self) -> Path:
+        """The archive folder (archive.dir, or var_dir/archive)."""
+        return self.archive.dir if self.archive.dir is not None else self.var_dir / "archive"
+
+    @property
+    def database_url(self) -> str:
+        """The SQLAlchemy URL (database.url, or SQLite at var_dir/dicomnode.db)."""
+        if self.database.url is not None:
+            return self.database.url
+        return f"sqlite:///{(self.var_dir / 'dicomnode.db').as_posix()}"
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"config file {path} must be a mapping of keys to values, got {type(data).__name__}"
+        )
+    return data
+
+
+def _expected_keys(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[str] | None:
+    """The allowed keys of the mapping at ``loc[:-1]`` (None when not a model)."""
+    current: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        fields = getattr(current, "model_fields", None)
+        if fields is None or part not in fields:
+            return None
+        ann = fields[part].annotation
+        args = getattr(ann, "__args__", None)
+        current = args[0] if args and not hasattr(ann, "model_fields") else ann
+    fields = getattr(current, "model_fields", None)
+    return sorted(fields) if fields is not None else None
+
+
+def _field_loc(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
+    """The location without pydantic's union-member tags (e.g. ``constrained-float``)."""
+    return tuple(p for p in loc if isinstance(p, int) or p.isidentifier())
+
+
+def _format_errors(exc: ValidationError, origin: str) -> str:
+    by_key: dict[tuple[int | str, ...], list[str]] = {}
+    shown: dict[tuple[int | str, ...], str] = {}
+    for err in exc.errors():
+        loc = _field_loc(tuple(err["loc"]))
+        if err["type"] == "extra_forbidden":
+            allowed = _expected_keys(NodeConfig, loc)
+            hint = f"; expected one of: {', '.join(allowed)}" if allowed else ""
+            by_key.setdefault(loc, []).append(f"unknown key{hint}")
+            continue
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        msgs = by_key.setdefault(loc, [])
+        if msg not in msgs:
+            msgs.append(msg)
+        got = err.get("input")
+        if not isinstance(got, dict | list) and got is not None:
+            shown[loc] = f" (got {got!r})"
+    lines = [f"invalid configuration ({origin}):"]
+    for loc, msgs in by_key.items():
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        text = " or ".join(msgs)
+        if text.startswith("unknown key"):
+            lines.append(f"  {key}: {text}")
+            continue
+        env = ENV_PREFIX + "__".join(str(p) for p in loc if not isinstance(p, int)).upper()
+        lines.append(f"  {key}: {text}{shown.get(loc, '')} [environment: {env}]")
+    return "\n".join(lines)
+
+
+def load_config(path: Path | str | None = None) -> NodeConfig:
+    """Load the configuration: defaults < ``path`` (or $DICOMNODE_CONFIG) < environment.
+
+    Raises :class:`ConfigError` naming every bad key and what it expects.
+    """
+    if path is None and os.environ.get(CONFIG_ENV):
+        path = os.environ[CONFIG_ENV]
+    data = _read_yaml(Path(path)) if path is not None else {}
+    origin = f"file {path} + {ENV_PREFIX}* environment" if path else "defaults + environment"
+    try:
+        return NodeConfig(**data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, origin)) from None

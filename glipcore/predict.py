@@ -1,0 +1,244 @@
+"""Predictor: Volume -> model grid -> fold heatmaps -> ensemble -> sub-voxel decode ->
+hinge points in LPS mm, the annulus plane, per-landmark confidence and timings.
+
+Inference is fully convolutional on the whole model-grid volume. Memory stays bounded on
+long scans (a CT angiogram down to the pelvis) by running the network on overlapping
+z-slabs and keeping only each slab's centre.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from glipcore.bundle import Bundle, load_bundle
+from glipcore.decode import argmax_ijk, peak_coherence, peak_sharpness, refine_ijk
+from glipcore.geometry import FloatArray, Plane, ijk_to_lps, plane_through
+from glipcore.unet import crop_pads, pad_to_multiple, required_multiple
+from glipcore.volume import Volume, to_model_grid
+
+DEFAULT_SLAB_Z = 96
+"""Model-grid slices per inference slab (before the halo): about 150 mm of z."""
+DEFAULT_HALO_Z = 24
+"""Extra slices on each side of a slab so its kept centre sees full context."""
+
+
+def set_threads(threads: int | None) -> int:
+    """Set torch's intra-op threads (None or 0: all cores); returns the number set."""
+    n = threads or os.cpu_count() or 1
+    torch.set_num_threads(max(1, n))
+    return torch.get_num_threads()
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """``auto``: CUDA when present, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _levels(model: nn.Module) -> int:
+    lv = getattr(model, "levels", None)
+    if not isinstance(lv, int):
+        raise TypeError("model has no integer 'levels' attribute (expected a UNet3D)")
+    return lv
+
+
+@torch.no_grad()
+def infer_heatmaps(
+    model: nn.Module,
+    image: torch.Tensor,
+    *,
+    slab_z: int = DEFAULT_SLAB_Z,
+    halo_z: int = DEFAULT_HALO_Z,
+    device: torch.device | None = None,
+) -> torch.Tensor:
+    """Raw network output (L, Z, Y, X) for a model-grid image (Z, Y, X).
+
+    Volumes taller than ``slab_z + 2 halo_z`` run in overlapping z-slabs, so peak memory
+    depends on the in-plane size and the slab height, not on the scan length.
+    """
+    if image.ndim != 3:
+        raise ValueError(f"image must be (Z, Y, X), got shape {tuple(image.shape)}")
+    dev = device or next(model.parameters()).device
+    mult = required_multiple(_levels(model))
+    # Slab edges sit on the pooling lattice of the padded volume, so slabs see the same
+    # pooling grid as a whole-volume pass would.
+    slab = -(-slab_z // mult) * mult
+    halo = -(-halo_z // mult) * mult
+    xp, pads = pad_to_multiple(image[None, None].float(), mult, mode="replicate")
+    z = xp.shape[2]
+    if z <= slab + 2 * halo:
+        return crop_pads(_run(model, xp, dev), pads)[0]
+    outs = []
+    for start in range(0, z, slab):
+        stop = min(z, start + slab)
+        lo, hi = max(0, start - halo), min(z, stop + halo)
+        outs.append(_run(model, xp[:, :, lo:hi], dev)[:, :, start - lo : stop - lo])
+    return crop_pads(torch.cat(outs, dim=2), pads)[0]
+
+
+def _run(model: nn.Module, x: torch.Tensor, dev: torch.device) -> torch.Tensor:
+    with torch.autocast(device_type=dev.type, enabled=dev.type == "cuda"):
+        y = model(x.to(dev))
+    return y.float().cpu()
+
+
+@dataclass(frozen=True)
+class LandmarkConfidence:
+    """Measured confidence of one landmark.
+
+    ``fold_spread_mm``: RMS distance of the fold models' predictions from the ensemble's
+    (0 with a single fold); ``sharpness``: the ensemble peak's height above its
+    neighbourhood in robust-spread units; ``coherence``: how cleanly the values fall off
+    around the peak (1 = one clean peak); ``score`` in [0, 1] combines them.
+    """
+
+    fold_spread_mm: float
+    sharpness: float
+    coherence: float
+    score: float
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Hinge points (LPS mm, in ``names`` order), the plane through them, confidence."""
+
+    names: tuple[str, ...]
+    landmarks_lps: FloatArray
+    landmarks_argmax_lps: FloatArray
+    fold_landmarks_lps: FloatArray
+    plane: Plane
+    confidence: tuple[LandmarkConfidence, ...]
+    model_version: str
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return {
+            "model_version": self.model_version,
+            "landmarks_lps_mm": {
+                n: [round(float(v), 3) for v in p]
+                for n, p in zip(self.names, self.landmarks_lps, strict=True)
+            },
+            "plane": {
+                "origin_lps_mm": [round(float(v), 3) for v in self.plane.origin],
+                "normal": [round(float(v), 6) for v in self.plane.normal],
+            },
+            "confidence": {
+                n: {
+                    "score": round(c.score, 3),
+                    "fold_spread_mm": round(c.fold_spread_mm, 3),
+                    "sharpness": round(c.sharpness, 3),
+                    "coherence": round(c.coherence, 3),
+                }
+                for n, c in zip(self.names, self.confidence, strict=True)
+            },
+            "landmarks_argmax_lps_mm": {
+                n: [round(float(v), 3) for v in p]
+                for n, p in zip(self.names, self.landmarks_argmax_lps, strict=True)
+            },
+            "timings_s": {k: round(v, 3) for k, v in self.timings_s.items()},
+        }
+
+
+def _confidence(
+    spread_mm: float, sharpness: float, coherence: float, spread_scale_mm: float = 2.0
+) -> LandmarkConfidence:
+    score = float(np.exp(-spread_mm / spread_scale_mm) * max(0.0, min(1.0, coherence)))
+    return LandmarkConfidence(spread_mm, sharpness, coherence, score)
+
+
+def decode_ensemble(
+    fold_maps: Sequence[torch.Tensor],
+    affine: FloatArray,
+    *,
+    ensemble: Literal["heatmap", "coordinate"] = "heatmap",
+    refine: str = "hybrid",
+) -> tuple[FloatArray, FloatArray, FloatArray, list[LandmarkConfidence]]:
+    """Fold outputs [(L, Z, Y, X)] on a grid with ``affine`` -> (refined LPS (L, 3),
+    argmax LPS (L, 3), per-fold refined LPS (F, L, 3), confidences)."""
+    stack = torch.stack(list(fold_maps))  # (F, L, Z, Y, X)
+    per_fold = ijk_to_lps(affine, refine_ijk(stack, method=refine).numpy())  # type: ignore[arg-type]
+    mean_map = stack.mean(dim=0)
+    if ensemble == "heatmap":
+        final = ijk_to_lps(affine, refine_ijk(mean_map, method=refine).numpy())  # type: ignore[arg-type]
+    else:
+        final = per_fold.mean(axis=0)
+    arg = ijk_to_lps(affine, argmax_ijk(mean_map).numpy())
+    spread = np.sqrt(((per_fold - final[None]) ** 2).sum(-1).mean(0))  # (L,)
+    sharp = peak_sharpness(mean_map).numpy()
+    coh = peak_coherence(mean_map).numpy()
+    conf = [
+        _confidence(float(s), float(h), float(c))
+        for s, h, c in zip(spread, sharp, coh, strict=True)
+    ]
+    return final, arg, per_fold, conf
+
+
+class Predictor:
+    """Loads a model bundle once and predicts hinge points on any CT ``Volume`` (HU)."""
+
+    def __init__(
+        self,
+        bundle: Bundle | Path | str,
+        *,
+        threads: int | None = None,
+        device: str = "auto",
+        slab_z: int = DEFAULT_SLAB_Z,
+        halo_z: int = DEFAULT_HALO_Z,
+    ) -> None:
+        self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(Path(bundle))
+        self.device = pick_device(device)
+        if self.device.type == "cpu":
+            set_threads(threads)
+        self.models = [m.to(self.device).eval() for m in self.bundle.models]
+        self.slab_z = slab_z
+        self.halo_z = halo_z
+
+    @property
+    def model_version(self) -> str:
+        return self.bundle.version
+
+    def predict(self, volume: Volume) -> Prediction:
+        """Hinge points, plane and confidence for a CT volume in HU."""
+        t0 = time.perf_counter()
+        grid = to_model_grid(volume, self.bundle.manifest.preprocessing)
+        pred = self.predict_grid(grid)
+        pred.timings_s["resample"] = time.perf_counter() - t0 - sum(pred.timings_s.values())
+        return pred
+
+    def predict_grid(self, grid: Volume) -> Prediction:
+        """Like :meth:`predict` for a volume already on the model grid (preprocessed)."""
+        m = self.bundle.manifest
+        t1 = time.perf_counter()
+        image = torch.from_numpy(np.ascontiguousarray(grid.array, dtype=np.float32))
+        maps = [
+            infer_heatmaps(
+                model, image, slab_z=self.slab_z, halo_z=self.halo_z, device=self.device
+            )
+            for model in self.models
+        ]
+        t2 = time.perf_counter()
+        final, arg, per_fold, conf = decode_ensemble(
+            maps, grid.affine, ensemble=m.ensemble, refine=m.refine
+        )
+        t3 = time.perf_counter()
+        return Prediction(
+            names=tuple(m.landmarks),
+            landmarks_lps=final,
+            landmarks_argmax_lps=arg,
+            fold_landmarks_lps=per_fold,
+            plane=plane_through(final),
+            confidence=tuple(conf),
+            model_version=self.bundle.version,
+            timings_s={"inference": t2 - t1, "decode": t3 - t2},
+        )
