@@ -25,7 +25,7 @@ import math
 from typing import Literal, get_args
 
 import torch
-import torch.nn.functional as F  # noqa: N812
+import torch.nn.functional as F
 from torch import nn
 
 PenaltyVariant = Literal["code", "paper"]

@@ -88,7 +88,7 @@ def infer_heatmaps(
 
 def _run(model: nn.Module, x: torch.Tensor, dev: torch.device) -> torch.Tensor:
     with torch.autocast(device_type=dev.type, enabled=dev.type == "cuda"):
-        y = model(x.to(dev))
+        y: torch.Tensor = model(x.to(dev))
     return y.float().cpu()
 
 
@@ -222,9 +222,7 @@ class Predictor:
         t1 = time.perf_counter()
         image = torch.from_numpy(np.ascontiguousarray(grid.array, dtype=np.float32))
         maps = [
-            infer_heatmaps(
-                model, image, slab_z=self.slab_z, halo_z=self.halo_z, device=self.device
-            )
+            infer_heatmaps(model, image, slab_z=self.slab_z, halo_z=self.halo_z, device=self.device)
             for model in self.models
         ]
         t2 = time.perf_counter()

@@ -229,7 +229,7 @@ def make_split(case_ids: Sequence[str], seed: int, test_fraction: float, k: int)
         raise ValueError("case ids must be unique")
     order = np.random.default_rng(seed).permutation(len(ids))
     shuffled = [ids[i] for i in order]
-    n_test = int(round(test_fraction * len(ids)))
+    n_test = round(test_fraction * len(ids))
     test, cv = shuffled[:n_test], shuffled[n_test:]
     if len(cv) < k:
         raise ValueError(f"{len(cv)} cross-validation cases cannot make {k} folds")

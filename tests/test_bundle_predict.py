@@ -54,7 +54,7 @@ def test_tampered_weights_are_refused(tmp_path: Path) -> None:
     data = bytearray(f.read_bytes())
     data[-20] ^= 0xFF
     f.write_bytes(bytes(data))
-    with pytest.raises(BundleError, match="checksum mismatch for fold1.pt"):
+    with pytest.raises(BundleError, match=r"checksum mismatch for fold1\.pt"):
         load_bundle(path)
 
 
@@ -71,7 +71,7 @@ def test_bundle_of_other_code_is_refused(tmp_path: Path) -> None:
     with pytest.raises(BundleError, match="does not fit the model config"):
         load_bundle(path)
     (path / "bundle.json").unlink()
-    with pytest.raises(BundleError, match="bundle.json is missing"):
+    with pytest.raises(BundleError, match=r"bundle\.json is missing"):
         load_bundle(path)
 
 
