@@ -145,7 +145,7 @@ def _write_outputs(out: Path, settings: dict[str, Any], entries: list[dict[str, 
     tmp.replace(out / "truth.json")
     rows = [
         ManifestRow(
-            e["case_id"], out / e["path"], np.asarray(e["truth"]["landmarks_lps"]), e["quality"]
+            e["case_id"], Path(e["path"]), np.asarray(e["truth"]["landmarks_lps"]), e["quality"]
         )
         for e in entries
     ]

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from glipcore.cli import app
@@ -142,3 +143,14 @@ def test_plane_sampling_is_exact_for_a_linear_image(tmp_path: Path) -> None:
         vol, centre + np.array([[3, 0, 0], [0, 3, 0], [0, 0, 3.0]]), tmp_path / "p.png", title="t"
     )
     assert path.stat().st_size > 1000
+
+
+def test_manifest_paths_are_relative_to_the_manifest_with_a_relative_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    _run("--out", "rel/ph", "-n", "1", "--preset", "fast", "--format", "nifti")
+    text = (tmp_path / "rel/ph/manifest.csv").read_text()
+    assert ",phantom-0-0000.nii.gz," in text
+    (row,) = read_manifest(tmp_path / "rel/ph/manifest.csv")
+    assert row.path == (tmp_path / "rel/ph/phantom-0-0000.nii.gz").resolve()
