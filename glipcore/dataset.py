@@ -72,6 +72,23 @@ def _cache_key(path: Path, prep: Preprocessing) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
 
 
+def save_grid_npz(path: Path, vol: Volume, **extra: Any) -> None:
+    """Store a model-grid volume (float16 array + affine) and extra arrays atomically."""
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, array=vol.array.astype(np.float16), affine=vol.affine, **extra)
+    tmp.replace(path)
+
+
+def load_grid_npz(path: Path) -> tuple[Volume, dict[str, Any]]:
+    """Read what :func:`save_grid_npz` wrote: the volume (float32) and the extra arrays.
+
+    Callers always read back through here, so a case is the same float16-rounded volume
+    whether it was just computed or came from the cache."""
+    with np.load(path) as z:
+        extra = {k: z[k] for k in z.files if k not in ("array", "affine")}
+        return Volume(z["array"].astype(np.float32), z["affine"]), extra
+
+
 class ModelGridCache:
     """Preprocessed model-grid volumes on disk (``.npz``: float16 array + affine), keyed by
     the source path, its size and mtime, and the preprocessing settings."""
@@ -83,16 +100,10 @@ class ModelGridCache:
 
     def get(self, source: Path) -> Volume:
         """The model-grid volume of ``source`` (DICOM folder, NIfTI), computed once."""
-        key = _cache_key(Path(source), self.prep)
-        f = self.dir / f"{key}.npz"
-        if f.exists():
-            with np.load(f) as z:
-                return Volume(z["array"].astype(np.float32), z["affine"])
-        vol = to_model_grid(load_volume(Path(source)), self.prep)
-        tmp = f.with_suffix(".tmp.npz")
-        np.savez(tmp, array=vol.array.astype(np.float16), affine=vol.affine)
-        tmp.replace(f)
-        return Volume(np.asarray(vol.array, dtype=np.float32), vol.affine)
+        f = self.dir / f"{_cache_key(Path(source), self.prep)}.npz"
+        if not f.exists():
+            save_grid_npz(f, to_model_grid(load_volume(Path(source)), self.prep))
+        return load_grid_npz(f)[0]
 
     def load_cases(self, rows: Sequence[ManifestRow], progress: bool = True) -> list[Case]:
         """Load (and cache) every manifest row's model-grid volume."""

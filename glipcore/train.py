@@ -29,7 +29,16 @@ from tqdm import tqdm
 
 import glipcore
 from glipcore.bundle import save_bundle
-from glipcore.dataset import Augment, BatchStream, Case, CropConfig, ModelGridCache, describe
+from glipcore.dataset import (
+    Augment,
+    BatchStream,
+    Case,
+    CropConfig,
+    ModelGridCache,
+    describe,
+    load_grid_npz,
+    save_grid_npz,
+)
 from glipcore.losses import make_loss
 from glipcore.manifest import read_manifest
 from glipcore.metrics import euclidean_errors
@@ -160,24 +169,21 @@ def _phantom_case(args: tuple[int, int, str, Preprocessing, Path]) -> Case:
         f"{phantom.GENERATOR_VERSION}|{seed}|{index}|{preset}|{prep.model_dump_json()}".encode()
     ).hexdigest()[:24]
     f = Path(cache_dir) / f"phantom-{key}.npz"
-    case_id = f"phantom-{seed}-{index:04d}"
-    if f.exists():
-        with np.load(f) as z:
-            vol = Volume(z["array"].astype(np.float32), z["affine"])
-            return Case(case_id, vol, z["landmarks"], str(z["quality"]))
-    hu, truth = phantom.generate(seed, index, preset)
-    vol = to_model_grid(hu, prep)
-    tmp = f.with_suffix(".tmp.npz")
-    np.savez(
-        tmp,
-        array=vol.array.astype(np.float16),
-        affine=vol.affine,
-        landmarks=truth.landmarks_lps,
-        quality=np.array(truth.quality),
+    if not f.exists():
+        hu, truth = phantom.generate(seed, index, preset)
+        save_grid_npz(
+            f,
+            to_model_grid(hu, prep),
+            landmarks=truth.landmarks_lps,
+            quality=np.array(truth.quality),
+        )
+    vol, extra = load_grid_npz(f)
+    return Case(
+        phantom.case_id(seed, index),
+        vol,
+        np.asarray(extra["landmarks"], float),
+        str(extra["quality"]),
     )
-    tmp.replace(f)
-    vol = Volume(np.asarray(vol.array, dtype=np.float32), vol.affine)
-    return Case(case_id, vol, np.asarray(truth.landmarks_lps, float), truth.quality)
 
 
 def phantom_cases(
