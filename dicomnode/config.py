@@ -47,6 +47,10 @@ _UNITS = {
 }
 
 
+SHIPPED_BUNDLE = Path(__file__).resolve().parent.parent / "models" / "phantom-glip"
+"""The phantom-trained model shipped in the repository (the embedded default)."""
+
+
 class ConfigError(ValueError):
     """The configuration is invalid; the message names each bad key and what it expects."""
 
@@ -222,43 +226,131 @@ class SelectionConfig(_Section):
 
 
 class Destination(_Section):
-    """A DICOM peer that receives results (used by delivery, issue 6)."""
+    """A DICOM peer that receives results (C-STORE SCU from the node)."""
 
     name: str = Field(min_length=1)
     ae_title: AeTitle
     host: str = Field(min_length=1)
     port: int = Field(ge=1, le=65535)
+    # DICOM TLS to this peer; ca_file verifies its certificate (null: system CAs). The
+    # node's own certificate (network.tls cert_file/key_file) is offered when set.
     tls: bool = False
+    tls_ca_file: Path | None = None
+    # Which result objects this peer takes (many PACS refuse SR or SEG).
     kinds: list[Literal["sr", "seg", "keyimage"]] = ["sr", "seg", "keyimage"]
+    # Treat a C-STORE Warning status (0xB000, 0xB007, 0xB006) as delivered.
+    accept_warning: bool = False
+
+    @field_validator("kinds")
+    @classmethod
+    def _some_kinds(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("a destination needs at least one of sr, seg, keyimage")
+        return sorted(set(v), key=v.index)
 
 
 class DeliveryConfig(_Section):
-    """Retry policy for sending results (issue 6)."""
+    """Retry policy for sending results (one place for every destination)."""
 
+    # Attempts per object before it is dead-lettered (`dicomnode deliveries requeue`).
     max_attempts: int = Field(default=10, ge=1)
+    # Exponential backoff between attempts: initial * 2^(attempt-1), at most backoff_max_s,
+    # with +-jitter (a fraction) so that many deliveries do not retry in lock step.
     backoff_initial_s: float = Field(default=5.0, gt=0)
     backoff_max_s: float = Field(default=600.0, gt=0)
+    jitter: float = Field(default=0.2, ge=0, lt=1)
+    # Seconds to connect/negotiate and to wait for a C-STORE response.
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+    dimse_timeout_s: float = Field(default=60.0, gt=0)
+    # Circuit breaker per destination: after this many consecutive transient failures the
+    # destination is skipped for breaker_open_s seconds (others keep flowing).
+    breaker_failures: int = Field(default=3, ge=1)
+    breaker_open_s: float = Field(default=30.0, gt=0)
+    # How often the delivery loop looks for due deliveries.
+    poll_interval_s: float = Field(default=1.0, gt=0)
 
 
 class WorkerConfig(_Section):
-    """Job workers (issue 6)."""
+    """Job workers: claiming, leases, device and threads."""
 
+    # Jobs processed at once by one worker process.
     threads: int = Field(default=1, ge=1, le=64)
+    # A claimed job's lease (renewed by heartbeats every lease_s / 3); an expired lease is
+    # reclaimed by another worker, and the old holder may no longer write results.
     lease_s: float = Field(default=900.0, gt=0)
     max_attempts: int = Field(default=3, ge=1)
     poll_interval_s: float = Field(default=2.0, gt=0)
+    # auto: CUDA when present, else CPU.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Torch intra-op threads on CPU (null: all cores but one, so the SCP keeps a core).
+    torch_threads: int | None = Field(default=None, ge=1, le=256)
+
+
+class PlausibilityConfig(_Section):
+    """Plausibility gate on each result; a failed check flags or withholds the result."""
+
+    # Inter-hinge distances (RCC-LCC, LCC-NCC, NCC-RCC) must lie in this range, mm.
+    hinge_distance_mm: tuple[float, float] = (8.0, 40.0)
+    # Tilt of the annulus plane from axial, degrees.
+    plane_tilt_deg: tuple[float, float] = (10.0, 85.0)
+    # Largest spread of the fold models' predictions of one hinge point (RMS, mm).
+    max_fold_spread_mm: float = Field(default=4.0, gt=0)
+    # Lowest per-landmark confidence score (0..1).
+    min_confidence: float = Field(default=0.0, ge=0, le=1)
+    # flag: deliver with a visible warning; withhold: do not deliver (reason recorded).
+    action: Literal["flag", "withhold"] = "flag"
+
+    @field_validator("hinge_distance_mm", "plane_tilt_deg")
+    @classmethod
+    def _ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not v[0] < v[1]:
+            raise ValueError(f"range must be [low, high] with low < high, got {list(v)}")
+        return v
+
+
+class OutputsConfig(_Section):
+    """Result objects written per job (SR, SEG, key images)."""
+
+    # Radius of the sphere drawn per hinge point in the SEG, mm.
+    seg_sphere_radius_mm: float = Field(default=2.5, gt=0, le=20)
+    # Key images: square size in pixels and field of view in mm of the reformats.
+    keyimage_size_px: int = Field(default=512, ge=128, le=2048)
+    keyimage_fov_mm: float = Field(default=90.0, gt=10, le=400)
 
 
 class ModelConfig(_Section):
-    """The model bundle used for inference (issue 6); none configured means no inference."""
+    """The model bundle used for inference. The active model version in the database wins;
+    this is the embedded default (null: the shipped phantom model, models/phantom-glip)."""
 
     bundle: Path | None = None
 
 
 class LoggingConfig(_Section):
-    """Log level of the service (logs never carry patient names, IDs or birth dates)."""
+    """Logging (never carries patient names, IDs or birth dates, at any level)."""
 
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # text: human-readable lines; json: one JSON object per line (for log shippers).
+    format: Literal["text", "json"] = "text"
+
+
+class MetricsConfig(_Section):
+    """Prometheus metrics endpoint (/metrics)."""
+
+    enabled: bool = False
+    bind_address: str = "127.0.0.1"
+    # TCP port per process; a worker adds its instance number (see systemd units).
+    port: int = Field(default=9464, ge=0, le=65535)
+
+
+class RetentionConfig(_Section):
+    """Scheduled purge of archived images of delivered studies (database rows stay)."""
+
+    enabled: bool = True
+    # Archived instances of a study whose results were all delivered this many days ago
+    # are deleted. Studies carrying annotations are never purged (retraining needs them).
+    delivered_days: float = Field(default=30.0, gt=0)
+    # How often the purge runs, hours.
+    interval_h: float = Field(default=6.0, gt=0)
 
 
 class NodeConfig(BaseSettings):
@@ -284,8 +376,12 @@ class NodeConfig(BaseSettings):
     destinations: list[Destination] = []
     delivery: DeliveryConfig = DeliveryConfig()
     worker: WorkerConfig = WorkerConfig()
+    plausibility: PlausibilityConfig = PlausibilityConfig()
+    outputs: OutputsConfig = OutputsConfig()
     model: ModelConfig = ModelConfig()
     logging: LoggingConfig = LoggingConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    retention: RetentionConfig = RetentionConfig()
 
     @field_validator("destinations")
     @classmethod
@@ -312,6 +408,11 @@ class NodeConfig(BaseSettings):
     def archive_dir(self) -> Path:
         """The archive folder (archive.dir, or var_dir/archive)."""
         return self.archive.dir if self.archive.dir is not None else self.var_dir / "archive"
+
+    @property
+    def bundle_path(self) -> Path:
+        """The configured model bundle (model.bundle, or the shipped phantom model)."""
+        return self.model.bundle if self.model.bundle is not None else SHIPPED_BUNDLE
 
     @property
     def database_url(self) -> str:

@@ -20,6 +20,7 @@ TABLES = {
     "results",
     "deliveries",
     "delivery_attempts",
+    "annotations",
     "model_versions",
     "events",
 }

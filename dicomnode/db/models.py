@@ -126,6 +126,7 @@ class Study(Base):
     accession_number: Mapped[str | None] = mapped_column(String(16))
     study_description: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    purged_at: Mapped[datetime | None]  # archived images removed by retention
 
     series: Mapped[list[Series]] = relationship(back_populates="study")
 
@@ -236,6 +237,7 @@ class Job(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    heartbeat_at: Mapped[datetime | None]
 
 
 class Result(Base):
@@ -246,13 +248,17 @@ class Result(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     job_fk: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
     model_version_fk: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
-    status: Mapped[str] = mapped_column(String(16))  # ok|implausible|failed
+    status: Mapped[str] = mapped_column(String(16))  # ok|flagged|withheld
     landmarks_lps: Mapped[dict[str, Any] | None]
     plane: Mapped[dict[str, Any] | None]
     measurements: Mapped[dict[str, Any] | None]
     confidence: Mapped[dict[str, Any] | None]
     summary: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    model_version: Mapped[str | None] = mapped_column(String(160))
+    flags: Mapped[list[Any] | None]  # plausibility findings, readable sentences
+    timings: Mapped[dict[str, Any] | None]  # seconds per stage
+    outputs: Mapped[dict[str, Any] | None]  # kind -> {sop_instance_uid, series_uid, path}
 
 
 class Delivery(Base):
@@ -287,6 +293,23 @@ class DeliveryAttempt(Base):
     finished_at: Mapped[datetime | None]
     status: Mapped[int | None] = mapped_column(Integer)  # DIMSE status
     error: Mapped[str | None] = mapped_column(Text)
+
+
+class Annotation(Base):
+    """Reference hinge points of a study (e.g. drawn by a cardiologist), for retraining.
+
+    A study with annotations is never purged by retention.
+    """
+
+    __tablename__ = "annotations"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_fk: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    series_fk: Mapped[int | None] = mapped_column(ForeignKey("series.id"))
+    landmarks_lps: Mapped[dict[str, Any]]
+    quality: Mapped[str | None] = mapped_column(String(8))
+    source: Mapped[str] = mapped_column(String(64), default="manual")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Event(Base):
