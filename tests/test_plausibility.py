@@ -1,0 +1,45 @@
+"""Plausibility gate: each check can fail on its own; the action decides the status."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dicomnode.config import PlausibilityConfig
+from dicomnode.plausibility import gate, tilt_from_axial_deg
+
+GOOD = {
+    "RCC": np.array([0.0, -12.0, 0.0]),
+    "LCC": np.array([10.4, 6.0, 0.0]),
+    "NCC": np.array([-10.4, 6.0, 0.0]),
+}
+TILTED = np.array([0.0, -np.sin(np.radians(50)), np.cos(np.radians(50))])
+SPREAD = {"RCC": 0.5, "LCC": 0.5, "NCC": 0.5}
+CONF = {"RCC": 0.9, "LCC": 0.9, "NCC": 0.9}
+
+
+def test_tilt() -> None:
+    assert abs(tilt_from_axial_deg(np.array([0, 0, 1.0]))) < 1e-9
+    assert abs(tilt_from_axial_deg(TILTED) - 50) < 1e-9
+    assert abs(tilt_from_axial_deg(-TILTED) - 50) < 1e-9
+
+
+def test_plausible_prediction_is_ok() -> None:
+    r = gate(GOOD, TILTED, SPREAD, CONF, PlausibilityConfig())
+    assert r.status == "ok" and r.findings == ()
+
+
+def test_each_check_flags() -> None:
+    cfg = PlausibilityConfig(min_confidence=0.5)
+    squeezed = {**GOOD, "LCC": GOOD["RCC"] + np.array([2.0, 0, 0])}
+    assert any("RCC-LCC" in f for f in gate(squeezed, TILTED, SPREAD, CONF, cfg).findings)
+    axial = gate(GOOD, np.array([0, 0, 1.0]), SPREAD, CONF, cfg)
+    assert axial.status == "flagged" and "tilt" in axial.findings[0]
+    spread = gate(GOOD, TILTED, {**SPREAD, "NCC": 9.0}, CONF, cfg)
+    assert spread.findings == ("NCC: fold models disagree by 9.0 mm (limit 4 mm)",)
+    low = gate(GOOD, TILTED, SPREAD, {**CONF, "LCC": 0.2}, cfg)
+    assert low.findings == ("LCC: confidence 0.20 below 0.5",)
+
+
+def test_withhold_action() -> None:
+    r = gate(GOOD, np.array([0, 0, 1.0]), SPREAD, CONF, PlausibilityConfig(action="withhold"))
+    assert r.status == "withheld" and len(r.findings) == 1
