@@ -67,7 +67,9 @@ def _setup_logging(cfg: NodeConfig) -> None:
 
 
 def serve(ctx: typer.Context) -> None:
-    """Run the SCP (C-ECHO, C-STORE) and the assembler until SIGTERM or SIGINT.
+    """Run the SCP (C-ECHO, C-STORE), the assembler, delivery to the configured
+    destinations and the retention purge until SIGTERM or SIGINT. Jobs are processed by
+    `dicomnode worker` (one or more, separate processes).
 
     An empty database is migrated on first start; an outdated one must be upgraded with
     `dicomnode db upgrade`.
@@ -105,6 +107,8 @@ def serve(ctx: typer.Context) -> None:
         console.print(str(exc), style="bold red", highlight=False, markup=False)
         raise typer.Exit(code=1) from None
     assembler.start()
+    scheduler = _background_services(cfg, engine)
+    _start_metrics(cfg, engine, 0)
     log.info("dicomnode ready (archive %s)", cfg.archive_dir)
     try:
         while not stop.wait(1.0):
@@ -112,8 +116,24 @@ def serve(ctx: typer.Context) -> None:
     finally:
         scp.stop()
         assembler.stop()
+        scheduler.shutdown(wait=True)
         engine.dispose()
         log.info("dicomnode stopped")
+
+
+def _background_services(cfg: NodeConfig, engine: Any) -> Any:
+    """Delivery and the retention purge on one background scheduler (started)."""
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    from dicomnode.delivery import DeliveryService
+    from dicomnode.retention import schedule_purge
+
+    scheduler = BackgroundScheduler(timezone="UTC")
+    DeliveryService(engine, cfg).start(scheduler)
+    if cfg.retention.enabled:
+        schedule_purge(scheduler, engine, cfg.archive_dir, cfg.retention)
+    scheduler.start()
+    return scheduler
 
 
 # --- db --------------------------------------------------------------------------------
@@ -205,3 +225,95 @@ def config_check(
     for w in config_warnings(cfg):
         console.print(f"[yellow]warning:[/] {w}")
     console.print("[green]configuration OK[/]")
+
+
+# --- worker ----------------------------------------------------------------------------
+
+
+def worker(
+    ctx: typer.Context,
+    index: Annotated[
+        int,
+        typer.Option(
+            "--index",
+            "-i",
+            help="Worker index on this host (the systemd instance): names the worker and "
+            "offsets its metrics port (metrics.port + 1 + index).",
+            min=0,
+        ),
+    ] = 0,
+    once: Annotated[
+        bool, typer.Option(help="Process the jobs queued now, then exit (for cron or tests).")
+    ] = False,
+) -> None:
+    """Run a job worker: claim queued jobs (with a lease), find the hinge points, write
+    SR / SEG / key images and queue their delivery.
+
+    The model bundle is loaded once: the active model version in the database
+    (`dicomnode models promote`), else model.bundle, else the shipped phantom model.
+    Device: worker.device (auto = CUDA when present). Several workers, on one host or many
+    sharing a PostgreSQL database, never take the same job.
+    """
+    cfg = node_config(ctx)
+    _setup_logging(cfg)
+    from dicomnode.db.session import DatabaseError, engine_from_config
+    from dicomnode.embedded import ensure_schema
+    from dicomnode.worker import Worker
+
+    log = logging.getLogger("dicomnode.worker")
+    engine = engine_from_config(cfg)
+    try:
+        ensure_schema(cfg, engine)
+    except DatabaseError as exc:
+        console.print(str(exc), style="bold red", highlight=False, markup=False)
+        raise typer.Exit(code=2) from None
+    _start_metrics(cfg, engine, 1 + index)
+    w = Worker(cfg, engine, index=index)
+    try:
+        version = w.load_model()
+    except Exception as exc:  # bundle missing, tampered or incompatible
+        console.print(f"cannot load the model: {exc}", style="bold red", highlight=False, markup=False)
+        raise typer.Exit(code=2) from None
+    log.info("worker %s ready with model %s", w.worker_id, version)
+    if once:
+        n = 0
+        while w.process_one() is not None:
+            n += 1
+        log.info("processed %d jobs", n)
+        engine.dispose()
+        return
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("%s received: finishing the current job, then stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        w.run(stop)
+    finally:
+        engine.dispose()
+        log.info("worker stopped")
+
+
+def _start_metrics(cfg: NodeConfig, engine: Any, offset: int) -> None:
+    if not cfg.metrics.enabled:
+        return
+    from dicomnode import metrics
+
+    port = metrics.start_metrics_server(cfg.metrics, offset=offset, engine=engine)
+    logging.getLogger("dicomnode.metrics").info("metrics on port %d", port)
+
+
+# --- retrain ---------------------------------------------------------------------------
+
+
+def retrain(ctx: typer.Context) -> None:
+    """Retrain from the archive's annotated studies (not built yet: succeeds doing nothing,
+    so the systemd timer can be installed now). Train by hand with `glip train`."""
+    cfg = node_config(ctx)
+    _setup_logging(cfg)
+    logging.getLogger("dicomnode.retrain").info(
+        "retraining is not built yet; nothing to do (see `glip train --help`)"
+    )
