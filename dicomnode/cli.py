@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 from rich.console import Console
 
-from dicomnode import node_cli
+from dicomnode import admin_cli, node_cli
 
 app = typer.Typer(
     name="dicomnode",
@@ -17,10 +17,12 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 
-app.callback()(node_cli.main_options)
+# admin_cli.main_options wraps node_cli.main_options (--config) and adds --debug.
+app.callback()(admin_cli.main_options)
 app.command("serve")(node_cli.serve)
 app.add_typer(node_cli.db_app, name="db")
 app.add_typer(node_cli.config_app, name="config")
+admin_cli.register(app)
 
 
 @app.command()

@@ -141,7 +141,9 @@ def _wait_for(
                     return result.id
                 dead = [x for x in states if x == "dead"]
                 if dead:
-                    raise DemoError(f"{len(dead)} deliveries failed; see `dicomnode deliveries list`")
+                    raise DemoError(
+                        f"{len(dead)} deliveries failed; see `dicomnode deliveries list`"
+                    )
                 if states and all(x == "sent" for x in states):
                     return result.id
                 tick(f"delivering: {states.count('sent')}/{len(states)} objects sent")
@@ -186,9 +188,7 @@ def run_demo(
             with session_factory(node.engine)() as s:
                 row = s.get(Result, result_id)
                 assert row is not None
-                result = {
-                    c.name: getattr(row, c.name) for c in Result.__table__.columns
-                }
+                result = {c.name: getattr(row, c.name) for c in Result.__table__.columns}
         progress(f"sent with {sender}; results delivered")
         names = tuple(result["landmarks_lps"])
         pred = np.array([result["landmarks_lps"][n] for n in names], dtype=float)

@@ -20,12 +20,18 @@ def demo(
     ctx: typer.Context,
     workdir: Annotated[
         Path | None,
-        typer.Option(help="Folder for the phantom CT and the local PACS (default: a new temp folder)."),
+        typer.Option(
+            help="Folder for the phantom CT and the local PACS (default: a new temp folder)."
+        ),
     ] = None,
-    seed: Annotated[int, typer.Option(help="Phantom cohort seed (the case is index 0).")] = DEFAULT_SEED,
+    seed: Annotated[
+        int, typer.Option(help="Phantom cohort seed (the case is index 0).")
+    ] = DEFAULT_SEED,
     orthanc: Annotated[
         bool,
-        typer.Option(help="Use Orthanc as the local PACS when installed (else a built-in storage SCP)."),
+        typer.Option(
+            help="Use Orthanc as the local PACS when installed (else a built-in storage SCP)."
+        ),
     ] = True,
 ) -> None:
     """End-to-end demo on this machine: generate a phantom pre-TAVR CT, send it to the node
@@ -78,14 +84,13 @@ def print_result(r: DemoResult) -> None:
     for key in sorted(m):
         out.print(f"  {key}: {m[key]}")
     status = res.get("status")
-    out.print(f"result status: [bold]{status}[/]" + (f" ({'; '.join(res['flags'])})" if res.get("flags") else ""))
+    out.print(
+        f"result status: [bold]{status}[/]"
+        + (f" ({'; '.join(res['flags'])})" if res.get("flags") else "")
+    )
     timings = res.get("timings") or {}
-    out.print(
-        "worker timings: " + ", ".join(f"{k} {float(v):.2f} s" for k, v in timings.items())
-    )
-    out.print(
-        "demo stages: " + ", ".join(f"{k} {v:.1f} s" for k, v in r.stage_s.items())
-    )
+    out.print("worker timings: " + ", ".join(f"{k} {float(v):.2f} s" for k, v in timings.items()))
+    out.print("demo stages: " + ", ".join(f"{k} {v:.1f} s" for k, v in r.stage_s.items()))
     out.print(f"local PACS ({r.pacs_kind}) holds {len(r.delivered)} result objects")
     if r.sr_path:
         out.print(f"SR: {r.sr_path}  (dsrdump it)")

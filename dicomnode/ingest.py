@@ -30,6 +30,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from dicomnode.archive import Archive, Buffer
 from dicomnode.db.models import Instance, Patient, Series, Study, UtcDateTime, utcnow
+from dicomnode.logs import register_phi
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +49,10 @@ _TOP_TAGS: list[BaseTag | int] = [
         0x00080070,  # Manufacturer
         0x00081030,  # StudyDescription
         0x0008103E,  # SeriesDescription
+        0x00100010,  # PatientName (only to register it with the log scrubber)
         0x00100020,  # PatientID
         0x00100021,  # IssuerOfPatientID
+        0x00100030,  # PatientBirthDate (only for the log scrubber)
         0x00180050,  # SliceThickness
         0x00181060,  # TriggerTime
         0x00181062,  # NominalInterval
@@ -280,6 +283,8 @@ def facts_from_dataset(ds: Dataset) -> HeaderFacts:
     if tpi is None:
         tpi = _float(r.text(0x00200100))  # TemporalPositionIdentifier, IS
     image_type = r.text(0x00080008)
+    # Any later log line or error text carrying these values is redacted.
+    register_phi(r.decoded(0x00100010, 324), r.text(0x00100020, 64), r.text(0x00100030, 8))
     return HeaderFacts(
         sop_class_uid=str(uids["SOPClassUID"]),
         sop_instance_uid=str(uids["SOPInstanceUID"]),

@@ -24,7 +24,7 @@ from dicomnode.db.session import session_factory
 log = logging.getLogger(__name__)
 
 
-class LeaseLost(RuntimeError):
+class LeaseLostError(RuntimeError):
     """The job's lease token no longer matches: another worker owns the job now."""
 
 
@@ -100,7 +100,9 @@ def fail_exhausted(engine: Engine, max_attempts: int, now: datetime | None = Non
                 Job.lease_expires_at < now,
                 Job.attempts >= max_attempts,
             )
-            .values(state="failed", reason=reason, finished_at=now, updated_at=now, lease_token=None)
+            .values(
+                state="failed", reason=reason, finished_at=now, updated_at=now, lease_token=None
+            )
             .returning(Job.id, Job.series_fk, Job.study_fk)
             .execution_options(synchronize_session=False)
         ).all()
@@ -110,7 +112,7 @@ def fail_exhausted(engine: Engine, max_attempts: int, now: datetime | None = Non
 
 
 def renew(engine: Engine, claim: Claim, lease_s: float, now: datetime | None = None) -> None:
-    """Extend the lease; raises :class:`LeaseLost` when the token no longer holds."""
+    """Extend the lease; raises :class:`LeaseLostError` when the token no longer holds."""
     now = now or utcnow()
     with session_factory(engine)() as s, s.begin():
         n = s.execute(
@@ -120,7 +122,7 @@ def renew(engine: Engine, claim: Claim, lease_s: float, now: datetime | None = N
             .execution_options(synchronize_session=False)
         ).rowcount
     if n != 1:
-        raise LeaseLost(f"job {claim.job_id}: lease lost (another worker holds it now)")
+        raise LeaseLostError(f"job {claim.job_id}: lease lost (another worker holds it now)")
 
 
 def fence(s: Session, claim: Claim, **values: object) -> None:
@@ -133,7 +135,7 @@ def fence(s: Session, claim: Claim, **values: object) -> None:
         .execution_options(synchronize_session=False)
     ).rowcount
     if n != 1:
-        raise LeaseLost(f"job {claim.job_id}: lease lost before completion; results discarded")
+        raise LeaseLostError(f"job {claim.job_id}: lease lost before completion; results discarded")
 
 
 def _event(
@@ -141,7 +143,12 @@ def _event(
 ) -> None:
     s.add(
         Event(
-            at=utcnow(), kind=kind, detail=detail, job_fk=job_id, series_fk=series_fk, study_fk=study_fk
+            at=utcnow(),
+            kind=kind,
+            detail=detail,
+            job_fk=job_id,
+            series_fk=series_fk,
+            study_fk=study_fk,
         )
     )
 
@@ -179,7 +186,7 @@ class Heartbeat:
         while not self._stop.wait(self.lease_s / 3):
             try:
                 renew(self.engine, self.claim, self.lease_s)
-            except LeaseLost:
+            except LeaseLostError:
                 log.warning("job %d: lease lost", self.claim.job_id)
                 self.lost.set()
                 return
@@ -187,6 +194,6 @@ class Heartbeat:
                 log.exception("job %d: heartbeat failed", self.claim.job_id)
 
     def check(self) -> None:
-        """Raise :class:`LeaseLost` if the heartbeat found the lease taken."""
+        """Raise :class:`LeaseLostError` if the heartbeat found the lease taken."""
         if self.lost.is_set():
-            raise LeaseLost(f"job {self.claim.job_id}: lease lost")
+            raise LeaseLostError(f"job {self.claim.job_id}: lease lost")

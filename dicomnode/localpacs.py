@@ -125,7 +125,10 @@ class OrthancServer:
 
     def sop_instance_uids(self) -> set[str]:
         """SOP Instance UIDs of every stored instance."""
-        return {self.rest(f"/instances/{i}")["MainDicomTags"]["SOPInstanceUID"] for i in self.instances()}
+        return {
+            self.rest(f"/instances/{i}")["MainDicomTags"]["SOPInstanceUID"]
+            for i in self.instances()
+        }
 
     def find_sop(self, sop_uid: str) -> str | None:
         """The Orthanc id of an instance by SOP Instance UID."""

@@ -52,15 +52,10 @@ def node_config(ctx: typer.Context) -> NodeConfig:
 
 
 def _setup_logging(cfg: NodeConfig) -> None:
-    logging.basicConfig(
-        level=cfg.logging.level,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        force=True,
-    )
-    # pynetdicom logs every message at INFO (and data sets at DEBUG): keep it to warnings.
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    """Text or JSON logs to stderr, with the PHI scrubber (dicomnode.logs)."""
+    from dicomnode.logs import setup_logging
+
+    setup_logging(cfg.logging)
 
 
 # --- serve -------------------------------------------------------------------------
@@ -272,7 +267,9 @@ def worker(
     try:
         version = w.load_model()
     except Exception as exc:  # bundle missing, tampered or incompatible
-        console.print(f"cannot load the model: {exc}", style="bold red", highlight=False, markup=False)
+        console.print(
+            f"cannot load the model: {exc}", style="bold red", highlight=False, markup=False
+        )
         raise typer.Exit(code=2) from None
     log.info("worker %s ready with model %s", w.worker_id, version)
     if once:
@@ -285,7 +282,9 @@ def worker(
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
-        log.info("%s received: finishing the current job, then stopping", signal.Signals(signum).name)
+        log.info(
+            "%s received: finishing the current job, then stopping", signal.Signals(signum).name
+        )
         stop.set()
 
     signal.signal(signal.SIGTERM, on_signal)

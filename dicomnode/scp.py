@@ -42,6 +42,7 @@ from pynetdicom.events import Event
 from sqlalchemy import Engine, insert, update
 from sqlalchemy.exc import SQLAlchemyError
 
+from dicomnode import metrics
 from dicomnode.archive import Archive
 from dicomnode.config import NodeConfig
 from dicomnode.db.models import AssociationAudit, utcnow
@@ -383,6 +384,7 @@ class StorageSCP:
                     )
         except SQLAlchemyError as exc:
             log.error("cannot write the association audit row: %s", exc)
+        metrics.associations_total.labels(outcome=outcome).inc()
         if outcome == "rejected":
             return
         mb = st.bytes_received / 1e6
@@ -457,4 +459,6 @@ class StorageSCP:
             st.duplicates += 1
         else:
             st.stored += 1
+        metrics.instances_received_total.inc()
+        metrics.bytes_received_total.inc(nbytes)
         return STATUS_SUCCESS

@@ -27,7 +27,16 @@ from dicomnode import plausibility
 from dicomnode.config import NodeConfig
 from dicomnode.db.models import Job, ModelVersion, Result, Study
 from dicomnode.db.session import session_factory
-from dicomnode.lease import Claim, Heartbeat, LeaseLost, add_event, claim_job, fail_exhausted, fence
+from dicomnode.lease import (
+    Claim,
+    Heartbeat,
+    LeaseLostError,
+    add_event,
+    claim_job,
+    fail_exhausted,
+    fence,
+)
+from dicomnode.logs import register_phi
 from dicomnode.series import SeriesLoadError, job_files
 from glipcore.predict import Prediction, Predictor
 from glipcore.volume import Volume, VolumeError, load_dicom_series
@@ -55,8 +64,16 @@ def default_torch_threads() -> int:
 
 
 def sorted_headers(files: Sequence[Path]) -> list[pydicom.Dataset]:
-    """Headers (no pixels) of the series' files, sorted along the slice normal."""
+    """Headers (no pixels) of the series' files, sorted along the slice normal. Their
+    patient identifiers are registered with the log scrubber."""
     heads = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
+    register_phi(
+        *{
+            str(ds.get(k, ""))
+            for ds in heads[:1]
+            for k in ("PatientName", "PatientID", "PatientBirthDate", "OtherPatientIDs")
+        }
+    )
 
     def position(ds: pydicom.Dataset) -> float:
         o = np.asarray(ds.ImageOrientationPatient, dtype=float)
@@ -139,7 +156,9 @@ class Worker:
             try:
                 outcome = self.process_one()
             except Exception:  # database down etc.: keep the worker alive
-                log.exception("worker loop error; retrying in %.0f s", self.cfg.worker.poll_interval_s)
+                log.exception(
+                    "worker loop error; retrying in %.0f s", self.cfg.worker.poll_interval_s
+                )
                 outcome = None
             if outcome is None:
                 stop.wait(self.cfg.worker.poll_interval_s)
@@ -151,7 +170,7 @@ class Worker:
         try:
             with Heartbeat(self.engine, claim, self.cfg.worker.lease_s) as hb:
                 return self._run(claim, hb)
-        except LeaseLost as exc:
+        except LeaseLostError as exc:
             log.warning("%s", exc)
             return JobOutcome(claim.job_id, "lost", detail=str(exc))
         except PermanentJobError as exc:
@@ -169,7 +188,8 @@ class Worker:
             missing = [f for f in files if not f.exists()]
             if missing:
                 raise PermanentJobError(
-                    f"archive: {len(missing)} of {len(files)} files are missing, e.g. {missing[0].name}"
+                    f"archive: {len(missing)} of {len(files)} files are missing "
+                    f"(e.g. {missing[0].name}); purged by retention or deleted by hand?"
                 )
             volume = load_dicom_series(files)
             headers = sorted_headers(files)
@@ -309,7 +329,7 @@ class Worker:
                     values["finished_at"] = None
                 fence(s, claim, **values)
                 add_event(s, claim, "job_retry" if again else "job_failed", text)
-        except LeaseLost as exc:
+        except LeaseLostError as exc:
             return JobOutcome(claim.job_id, "lost", detail=str(exc))
         log.warning("job %d %s: %s", claim.job_id, "requeued" if again else "failed", reason)
         return JobOutcome(claim.job_id, state, detail=text)
@@ -356,11 +376,9 @@ def _summary(pred: Prediction, verdict: plausibility.GateResult) -> str:
 
 
 def _observe_inference(timings: dict[str, float]) -> None:
-    try:
-        from dicomnode import metrics
-    except ImportError:  # pragma: no cover - metrics module is optional at import time
-        return
-    metrics.observe_inference(timings.get("inference", 0.0))
+    from dicomnode import metrics
+
+    metrics.inference_seconds.observe(timings.get("inference", 0.0))
 
 
 def _atomic_write_bytes(data: bytes, path: Path) -> None:
@@ -381,5 +399,7 @@ def study_uid_of_job(engine: Engine, job_id: int) -> str | None:
     """The StudyInstanceUID of a job (for tools and tests)."""
     with session_factory(engine)() as s:
         return s.scalars(
-            select(Study.study_instance_uid).join(Job, Job.study_fk == Study.id).where(Job.id == job_id)
+            select(Study.study_instance_uid)
+            .join(Job, Job.study_fk == Study.id)
+            .where(Job.id == job_id)
         ).first()

@@ -10,9 +10,11 @@ VENV=${GLIP_VENV:-.venv}
 TORCH_VERSION=${GLIP_TORCH_VERSION:-2.13.0}
 # Debian packages: dcmtk (storescu/storescp/dcmcjpeg...), dicom3tools (dciodvfy),
 # libgdcm-tools (gdcmconv for JPEG 2000 test data), orthanc (a real PACS for the
-# integration tests and the demo), postgresql (the multi-host database).
-DEB_PACKAGES=(dcmtk dicom3tools libgdcm-tools orthanc postgresql)
-DEB_PROBES=(storescp dciodvfy gdcmconv /usr/sbin/Orthanc /usr/lib/postgresql/*/bin/initdb)
+# integration tests and the demo), postgresql (the multi-host database), systemd
+# (systemd-analyze and systemd-sysusers check the unit files in systemd/).
+DEB_PACKAGES=(dcmtk dicom3tools libgdcm-tools orthanc systemd postgresql)
+DEB_PROBES=(storescp dciodvfy gdcmconv /usr/sbin/Orthanc systemd-analyze
+  /usr/lib/postgresql/*/bin/initdb)
 
 log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 

@@ -1,3 +1,3 @@
 """Shared pytest configuration: fixture modules loaded as plugins."""
 
-pytest_plugins = ["ingest_fixtures"]
+pytest_plugins = ["ingest_fixtures", "orthanc_fixtures"]

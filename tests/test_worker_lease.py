@@ -10,7 +10,7 @@ from sqlalchemy import Engine, select
 
 from dicomnode.db.models import Event, Job, Patient, Series, Study, utcnow
 from dicomnode.db.session import make_engine, session_factory
-from dicomnode.lease import LeaseLost, claim_job, fail_exhausted, fence, renew
+from dicomnode.lease import LeaseLostError, claim_job, fail_exhausted, fence, renew
 
 
 def _jobs(engine: Engine, n: int) -> list[int]:
@@ -89,9 +89,9 @@ def test_expired_lease_is_reclaimed_and_old_holder_is_fenced(engine: Engine) -> 
     later = utcnow() + timedelta(seconds=10)
     second = claim_job(engine, "w2", lease_s=5, max_attempts=3, now=later)
     assert second is not None and second.job_id == job_id and second.attempt == 2
-    with pytest.raises(LeaseLost):
+    with pytest.raises(LeaseLostError):
         renew(engine, first, 5)
-    with pytest.raises(LeaseLost), session_factory(engine)() as s, s.begin():
+    with pytest.raises(LeaseLostError), session_factory(engine)() as s, s.begin():
         fence(s, first, state="done")
     with session_factory(engine)() as s, s.begin():
         fence(s, second, state="done")
@@ -105,7 +105,9 @@ def test_exhausted_attempts_fail_the_job(engine: Engine) -> None:
     now = utcnow()
     for i in range(2):
         assert claim_job(engine, "w", lease_s=1, max_attempts=2, now=now + timedelta(seconds=5 * i))
-    assert claim_job(engine, "w", lease_s=1, max_attempts=2, now=now + timedelta(seconds=20)) is None
+    assert (
+        claim_job(engine, "w", lease_s=1, max_attempts=2, now=now + timedelta(seconds=20)) is None
+    )
     assert fail_exhausted(engine, 2, now + timedelta(seconds=20)) == 1
     with session_factory(engine)() as s:
         job = s.get(Job, job_id)

@@ -1,0 +1,179 @@
+"""Inputs of the result objects: one job's CT series, its prediction and the node identity."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pydicom
+from numpy.typing import NDArray
+
+from dicomnode.config import Identity
+from glipcore.volume import Volume
+
+LANDMARK_NAMES: tuple[str, str, str] = ("RCC", "LCC", "NCC")
+"""The hinge points, in the order every output lists them."""
+
+_REQUIRED_HEADER = (
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "FrameOfReferenceUID",
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "PixelSpacing",
+    "Rows",
+    "Columns",
+)
+_NORMAL_TOL = 1e-3  # |norm - 1| allowed before the normal is renormalised
+_GRID_TOL_VOXELS = 0.1  # how far a slice's ImagePositionPatient may sit off the volume's grid
+
+
+class OutputError(ValueError):
+    """The inputs cannot make a trustworthy result object; the message says why."""
+
+
+def _vector(name: str, value: Any) -> NDArray[np.float64]:
+    v = np.asarray(value, dtype=np.float64)
+    if v.shape != (3,) or not np.all(np.isfinite(v)):
+        raise OutputError(f"{name} must be a finite 3-vector in LPS mm, got {value!r}")
+    return v
+
+
+@dataclass(frozen=True, eq=False)
+class OutputContext:
+    """Everything the SR, SEG and key-image builders need for one job.
+
+    ``source``: headers of the job's single-frame CT instances (pixel data not needed);
+    ``volume``: the same series in HU on the grid those headers define; ``landmarks_lps``:
+    "RCC", "LCC", "NCC" -> (3,) LPS mm; ``plane_normal``: unit, pointing cranially;
+    ``confidence``: 0..1 per landmark; ``warnings``: plausibility findings (empty when
+    fine). Validated on construction (:class:`OutputError`); arrays are stored as float64
+    copies and ``slice_index[n]`` is the volume slice k of ``source[n]``.
+    """
+
+    source: Sequence[pydicom.Dataset]
+    volume: Volume
+    landmarks_lps: Mapping[str, NDArray[Any]]
+    plane_origin: NDArray[Any]
+    plane_normal: NDArray[Any]
+    confidence: Mapping[str, float]
+    model_name: str
+    model_version: str
+    trained_on_phantom: bool
+    warnings: Sequence[str]
+    identity: Identity
+    slice_index: tuple[int, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._check_landmarks()
+        set_ = object.__setattr__
+        set_(self, "plane_origin", _vector("plane_origin", self.plane_origin))
+        normal = _vector("plane_normal", self.plane_normal)
+        norm = float(np.linalg.norm(normal))
+        if abs(norm - 1.0) > _NORMAL_TOL:
+            raise OutputError(f"plane_normal must be a unit vector, its length is {norm:.6g}")
+        if normal[2] < 0:
+            raise OutputError(
+                f"plane_normal must point cranially (z >= 0 in LPS), got {normal.tolist()}"
+            )
+        set_(self, "plane_normal", normal / norm)
+        self._check_confidence()
+        for name in ("model_name", "model_version"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value.strip() or "\\" in value:
+                raise OutputError(f"{name} must be a non-empty string without backslash")
+        if isinstance(self.warnings, str) or not all(isinstance(w, str) for w in self.warnings):
+            raise OutputError("warnings must be a sequence of strings")
+        set_(self, "warnings", tuple(self.warnings))
+        self._check_source()
+        set_(self, "slice_index", self._map_slices())
+
+    # ------------------------------------------------------------------ checks
+
+    def _check_landmarks(self) -> None:
+        names = set(self.landmarks_lps)
+        missing = [n for n in LANDMARK_NAMES if n not in names]
+        extra = sorted(names - set(LANDMARK_NAMES))
+        if missing or extra:
+            raise OutputError(
+                f"landmarks_lps must have exactly {list(LANDMARK_NAMES)}; "
+                f"missing {missing}, unexpected {extra}"
+            )
+        points = {n: _vector(f"landmark {n}", self.landmarks_lps[n]) for n in LANDMARK_NAMES}
+        a, b, c = (points[n] for n in LANDMARK_NAMES)
+        if float(np.linalg.norm(np.cross(b - a, c - a))) < 1e-6:
+            raise OutputError("the three hinge points are collinear or coincide: no plane")
+        object.__setattr__(self, "landmarks_lps", points)
+
+    def _check_confidence(self) -> None:
+        clean: dict[str, float] = {}
+        for n in LANDMARK_NAMES:
+            if n not in self.confidence:
+                raise OutputError(f"confidence has no score for {n}")
+            value = float(self.confidence[n])
+            if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+                raise OutputError(f"confidence of {n} must be within 0..1, got {value!r}")
+            clean[n] = value
+        object.__setattr__(self, "confidence", clean)
+
+    def _check_source(self) -> None:
+        if len(self.source) == 0:
+            raise OutputError("source is empty: the CT headers of the job are needed")
+        for n, ds in enumerate(self.source):
+            absent = [k for k in _REQUIRED_HEADER if k not in ds]
+            if absent:
+                raise OutputError(f"source instance {n} lacks {', '.join(absent)}")
+            if int(ds.get("NumberOfFrames", 1) or 1) != 1:
+                raise OutputError(f"source instance {n} is multi-frame; single-frame CT needed")
+        for key in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID"):
+            values = {str(ds[key].value) for ds in self.source}
+            if len(values) != 1:
+                raise OutputError(f"source instances disagree on {key}: {sorted(values)}")
+        uids = [str(ds.SOPInstanceUID) for ds in self.source]
+        if len(set(uids)) != len(uids):
+            raise OutputError("source holds the same SOPInstanceUID twice")
+
+    def _map_slices(self) -> tuple[int, ...]:
+        """Volume slice k of each source instance (checks the headers match the grid)."""
+        n_z, rows, cols = self.volume.shape_zyx
+        if len(self.source) != n_z:
+            raise OutputError(f"source has {len(self.source)} instances, volume {n_z} slices")
+        first = self.source[0]
+        if (int(first.Rows), int(first.Columns)) != (rows, cols):
+            raise OutputError(
+                f"source images are {first.Rows}x{first.Columns}, volume slices {rows}x{cols}"
+            )
+        positions = np.array([[float(x) for x in ds.ImagePositionPatient] for ds in self.source])
+        ijk = self.volume.to_ijk(positions)
+        k = np.rint(ijk[:, 2])
+        off = np.abs(ijk - np.column_stack([np.zeros((len(k), 2)), k]))
+        if np.any(off > _GRID_TOL_VOXELS) or np.any(k < 0) or np.any(k >= n_z):
+            raise OutputError("source ImagePositionPatient values do not lie on the volume grid")
+        ks = tuple(int(x) for x in k)
+        if len(set(ks)) != len(ks):
+            raise OutputError("two source instances lie on the same volume slice")
+        return ks
+
+    # ------------------------------------------------------------------ facts
+
+    @property
+    def series_uid(self) -> str:
+        """SeriesInstanceUID of the source CT."""
+        return str(self.source[0].SeriesInstanceUID)
+
+    @property
+    def frame_of_reference_uid(self) -> str:
+        """FrameOfReferenceUID of the source CT (every coordinate refers to it)."""
+        return str(self.source[0].FrameOfReferenceUID)
+
+    def points(self) -> NDArray[np.float64]:
+        """(3, 3) hinge points in RCC, LCC, NCC order, LPS mm."""
+        return np.stack([self.landmarks_lps[n] for n in LANDMARK_NAMES])
+
+
+__all__ = ["LANDMARK_NAMES", "OutputContext", "OutputError"]
