@@ -153,29 +153,17 @@ def main() -> None:
         f"{os.cpu_count()} cores, device {device} ({n_threads} torch threads), PACS {pacs.kind}, "
         f"quiet time {QUIET_S:.0f} s excluded"
     )
-    for k in (
-        "assemble",
-        "queue",
-        "load",
-        "resample",
-        "inference",
-        "decode",
-        "encode",
-        "commit",
-        "wait_send",
-        "send",
-    ):
+    for k in STAGES:
         print(f"  {k:<10} {med[k]:7.2f} s")
+    lat = med["latency"]
+    print(f"  {'latency':<10} {lat:7.2f} s   goal {GOAL_S:.0f} s   latency/goal {lat / GOAL_S:.2f}")
     print(
-        f"  {'latency':<10} {med['latency']:7.2f} s   goal {GOAL_S:.0f} s   latency/goal {med['latency'] / GOAL_S:.2f}"
-    )
-    print(
-        f"  peer: bare Predictor (load+resample+inference+decode) {peer_s:.2f} s;  latency/peer {med['latency'] / peer_s:.2f}"
+        f"  peer: bare Predictor (load+resample+inference+decode) {peer_s:.2f} s;  "
+        f"latency/peer {lat / peer_s:.2f}"
     )
     print(f"  last series errors (mm) RCC/LCC/NCC: {' / '.join(f'{e:.2f}' for e in err)}")
-    print(
-        f"  (each row: {', '.join(f'{r['latency']:.2f}' for r in rows)} s; caller {DEMO_CALLING_AE})"
-    )
+    each = ", ".join(f"{r['latency']:.2f}" for r in rows)
+    print(f"  (latency of each series: {each} s; caller {DEMO_CALLING_AE})")
 
 
 if __name__ == "__main__":
