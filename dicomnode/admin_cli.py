@@ -179,7 +179,10 @@ def describe_error(exc: BaseException) -> tuple[str, str | None]:
     """The one-line message and hint for an exception."""
     from dicomnode.db.session import DatabaseError
     from dicomnode.registry import RegistryError
-    from glipcore.bundle import BundleError
+
+    # only a loaded glipcore.bundle can have raised a BundleError (it imports torch)
+    bundle_mod = sys.modules.get("glipcore.bundle")
+    bundle_error: type[Exception] = getattr(bundle_mod, "BundleError", CliError)
 
     if isinstance(exc, CliError):
         return exc.message, exc.hint
@@ -187,7 +190,7 @@ def describe_error(exc: BaseException) -> tuple[str, str | None]:
         return str(exc), exc.hint
     if isinstance(exc, RegistryError):
         return str(exc), "`dicomnode models list` shows the registered versions"
-    if isinstance(exc, BundleError):
+    if isinstance(exc, bundle_error):
         return str(exc), "a bundle folder holds bundle.json and the fold*.pt files it lists"
     if isinstance(exc, DatabaseError):
         msg, _, hint = str(exc).partition(": run ")
@@ -356,14 +359,24 @@ def _kv(rows: Sequence[tuple[str, RenderableType | str]]) -> Table:
 
 
 # Columns of free text wrap; the others (ids, states, UIDs, times) stay on one line.
-_WRAPPING = frozenset({"reason", "last error", "detail", "path", "description", "why"})
+_WRAPPING = frozenset({"path", "description", "why"})
+_FILLING = frozenset({"reason", "last error", "detail"})
 
 
 def _table(title: str | None, *columns: str) -> Table:
-    t = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left", title_style="bold")
+    t = Table(
+        title=title,
+        box=box.SIMPLE_HEAD,
+        title_justify="left",
+        title_style="bold",
+        pad_edge=False,
+        collapse_padding=True,
+    )
     for c in columns:
         if c in _WRAPPING:
-            t.add_column(c, overflow="fold", ratio=1, min_width=16)
+            t.add_column(c, overflow="fold")
+        elif c in _FILLING:  # the column that takes the remaining width
+            t.add_column(c, overflow="fold", ratio=1)
         else:
             t.add_column(c, no_wrap=True, overflow="ellipsis")
     return t
@@ -490,15 +503,15 @@ def _state_count(state: str, n: int) -> Text:
 
 
 def _jobs_table(rows: Sequence[admin.JobRow], now: datetime) -> Table:
-    t = _table(None, "job", "state", "try", "series", "accession", "worker", "since", "reason")
+    t = _table(None, "job", "state", "try", "accession", "series", "worker", "since", "reason")
     for j in rows:
         last = j.finished_at or j.heartbeat_at or j.started_at or j.created_at
         t.add_row(
             str(j.id),
             _state(j.state),
             str(j.attempts),
-            _short_uid(j.series_instance_uid),
             j.accession_number or "-",
+            j.series_description or _short_uid(j.series_instance_uid),
             j.worker_id or "-",
             _ago(last, now),
             j.reason or "",
@@ -836,6 +849,11 @@ def results_export(
     plane_normal_x.._z; every measurement present (e.g. coplanar angles, in degrees);
     confidence_RCC..NCC; flags joined by "; "."""
     with node_db(ctx) as (_cfg, engine):
+        if out is not None and not out.parent.is_dir():
+            raise CliError(
+                f"cannot write {out}: the folder {out.parent} does not exist",
+                "create the folder, or give another --out",
+            )
         if out is None:
             n = admin.export_results_csv(engine, sys.stdout)
         else:
@@ -914,7 +932,8 @@ def models_promote(
     """Make a model version the active one (exactly one is active).
 
     The bundle is verified again first, so one changed since registration is refused.
-    Workers use the active version for the jobs they claim afterwards."""
+    Workers load the model when they start: restart them to switch
+    (systemd: `systemctl restart 'dicomnode-worker@*'`)."""
     from dicomnode.db.session import session_factory, session_scope
     from dicomnode.registry import promote, register_bundle
 
@@ -928,6 +947,7 @@ def models_promote(
         f"active model: [bold]{escape(name)}[/]"
         + (" [yellow](trained on phantoms: research use only)[/]" if phantom else "")
     )
+    console.print("restart the workers to use it (they load the model when they start)")
 
 
 # ------------------------------------------------------------------------- echo, purge

@@ -27,6 +27,18 @@ What counts as what:
   supported, 0xA9xx, 0xCxxx, ...), a missing or unreadable file, a destination no longer
   in the configuration.
 
+Every attempt is a row: when the association itself fails (refused, rejected, aborted),
+each object it was to carry gets an attempt row with that error. Objects an aborted
+association never reached get no row and are due again at once. Retries of one round
+share one jitter draw and are counted from the round's start, so a destination's
+objects stay together on one association. The breaker counts failed rounds (no object
+delivered, at least one transient failure); after ``breaker_failures`` in a row the
+destination is skipped for ``breaker_open_s``, then half-open: the next round is the one
+trial association, which closes it on any success or opens it again.
+
+TLS: ``tls_ca_file`` verifies the peer (system CAs when unset); the node's own
+certificate (``network.tls`` cert_file/key_file) is offered when set.
+
 Dead deliveries go back to pending with ``dicomnode deliveries requeue``. Logs name
 destinations and SOP instance UIDs, never patient names or IDs.
 """
@@ -64,6 +76,7 @@ from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS
 from sqlalchemy import Engine, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from dicomnode import metrics
 from dicomnode.config import DeliveryConfig, Destination, NodeConfig
 from dicomnode.db.models import Delivery, DeliveryAttempt, utcnow
 from dicomnode.db.session import session_factory, session_scope
@@ -498,6 +511,9 @@ class DeliveryService:
         finished = self.clock()
         started = started or finished
         dcfg = self.cfg.delivery
+        metrics.delivery_attempts_total.labels(destination=dest.name, outcome=outcome).inc(
+            len(items)
+        )
         with session_scope(self.sessions) as s:
             for item in items:
                 s.add(

@@ -34,9 +34,11 @@ def demo(
         ),
     ] = True,
 ) -> None:
-    """End-to-end demo on this machine: generate a phantom pre-TAVR CT, send it to the node
-    by C-STORE, let the worker find the hinge points, deliver SR / SEG / key images to a
-    local PACS, and compare with the phantom's ground truth.
+    """End-to-end demo: phantom CT in, hinge points out, results in a local PACS.
+
+    Generates a phantom pre-TAVR CT, sends it to the node by C-STORE, lets the worker find
+    the hinge points, delivers SR / SEG / key images to a local PACS (Orthanc when
+    installed) and compares with the phantom's ground truth.
 
     The node uses your configuration (default: the embedded one: SQLite and archive under
     ./var, the shipped phantom model) with a free port and the local PACS as its only

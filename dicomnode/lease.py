@@ -115,12 +115,13 @@ def renew(engine: Engine, claim: Claim, lease_s: float, now: datetime | None = N
     """Extend the lease; raises :class:`LeaseLostError` when the token no longer holds."""
     now = now or utcnow()
     with session_factory(engine)() as s, s.begin():
-        n = s.execute(
+        result = s.execute(
             update(Job)
             .where(Job.id == claim.job_id, Job.lease_token == claim.token, Job.state == "running")
             .values(lease_expires_at=now + timedelta(seconds=lease_s), heartbeat_at=now)
             .execution_options(synchronize_session=False)
-        ).rowcount
+        )
+        n = result.rowcount  # type: ignore[attr-defined]
     if n != 1:
         raise LeaseLostError(f"job {claim.job_id}: lease lost (another worker holds it now)")
 
@@ -128,12 +129,20 @@ def renew(engine: Engine, claim: Claim, lease_s: float, now: datetime | None = N
 def fence(s: Session, claim: Claim, **values: object) -> None:
     """Inside a transaction: set the job's final fields iff we still hold the lease."""
     now = utcnow()
-    n = s.execute(
+    final: dict[str, object] = {
+        "lease_token": None,
+        "lease_expires_at": None,
+        "finished_at": now,
+        "updated_at": now,
+    }
+    final.update(values)
+    result = s.execute(
         update(Job)
         .where(Job.id == claim.job_id, Job.lease_token == claim.token, Job.state == "running")
-        .values(lease_token=None, lease_expires_at=None, finished_at=now, updated_at=now, **values)
+        .values(**final)
         .execution_options(synchronize_session=False)
-    ).rowcount
+    )
+    n = result.rowcount  # type: ignore[attr-defined]
     if n != 1:
         raise LeaseLostError(f"job {claim.job_id}: lease lost before completion; results discarded")
 

@@ -75,7 +75,7 @@ inference_seconds = Histogram(
 delivery_attempts_total = Counter(
     "delivery_attempts",
     "C-STORE attempts of result objects by destination and outcome "
-    "(sent, failed: retried later, dead: given up).",
+    "(success; transient: retried later unless attempts are used up; permanent: dead).",
     ["destination", "outcome"],
     namespace=NAMESPACE,
     registry=REGISTRY,

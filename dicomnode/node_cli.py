@@ -62,9 +62,10 @@ def _setup_logging(cfg: NodeConfig) -> None:
 
 
 def serve(ctx: typer.Context) -> None:
-    """Run the SCP (C-ECHO, C-STORE), the assembler, delivery to the configured
-    destinations and the retention purge until SIGTERM or SIGINT. Jobs are processed by
-    `dicomnode worker` (one or more, separate processes).
+    """Receive, assemble and deliver: SCP, assembler, delivery and retention purge.
+
+    Runs until SIGTERM or SIGINT. Jobs are processed by `dicomnode worker` (one or more,
+    separate processes).
 
     An empty database is migrated on first start; an outdated one must be upgraded with
     `dicomnode db upgrade`.
@@ -241,8 +242,10 @@ def worker(
         bool, typer.Option(help="Process the jobs queued now, then exit (for cron or tests).")
     ] = False,
 ) -> None:
-    """Run a job worker: claim queued jobs (with a lease), find the hinge points, write
-    SR / SEG / key images and queue their delivery.
+    """Process jobs: find the hinge points, write SR / SEG / key images, queue delivery.
+
+    A worker claims queued jobs with a lease (renewed by heartbeats; a dead worker's job is
+    taken over by another one when its lease expires).
 
     The model bundle is loaded once: the active model version in the database
     (`dicomnode models promote`), else model.bundle, else the shipped phantom model.
@@ -309,8 +312,9 @@ def _start_metrics(cfg: NodeConfig, engine: Any, offset: int) -> None:
 
 
 def retrain(ctx: typer.Context) -> None:
-    """Retrain from the archive's annotated studies (not built yet: succeeds doing nothing,
-    so the systemd timer can be installed now). Train by hand with `glip train`."""
+    """Retrain from annotated archived studies (not built yet: a no-op that succeeds).
+
+    The systemd timer can be installed now. Train by hand with `glip train`."""
     cfg = node_config(ctx)
     _setup_logging(cfg)
     logging.getLogger("dicomnode.retrain").info(

@@ -14,17 +14,21 @@ from __future__ import annotations
 import hashlib
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from dicomnode.config import NodeConfig
 from dicomnode.db.models import Event, ModelVersion, utcnow
-from glipcore.bundle import MANIFEST_NAME, BundleError, BundleManifest, load_bundle
+
+if TYPE_CHECKING:
+    from glipcore.bundle import BundleManifest
+
+# glipcore.bundle imports torch (about a second): it is imported where a bundle is read, so
+# that `dicomnode` commands that never read one start quickly.
 
 __all__ = [
-    "BundleError",
     "RegistryError",
     "active_model",
     "known_versions",
@@ -57,6 +61,8 @@ def register_bundle(session: Session, path: Path) -> ModelVersion:
     fails its checksums. A known version whose recorded folder no longer exists takes the
     new path.
     """
+    from glipcore.bundle import MANIFEST_NAME, load_bundle
+
     path = Path(path).expanduser().resolve()
     bundle = load_bundle(path)
     existing = session.scalars(
@@ -104,6 +110,8 @@ def active_model(session: Session) -> ModelVersion | None:
 
 def _verify(mv: ModelVersion) -> None:
     """Raise :class:`RegistryError` unless ``mv``'s folder still holds exactly that version."""
+    from glipcore.bundle import BundleError, load_bundle
+
     path = Path(mv.path)
     try:
         bundle = load_bundle(path)
@@ -154,6 +162,8 @@ def promote(
 def resolve_bundle(session: Session, cfg: NodeConfig) -> Path:
     """The bundle folder inference uses: the active model version's, else the configured
     bundle (``cfg.bundle_path``), which is registered (not promoted) on the way."""
+    from glipcore.bundle import MANIFEST_NAME
+
     mv = active_model(session)
     if mv is not None:
         path = Path(mv.path)

@@ -15,7 +15,7 @@ import socket
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -219,7 +219,7 @@ class Worker:
         pred: Prediction,
         verdict: plausibility.GateResult,
     ) -> WrittenOutputs:
-        from dicomnode.outputs import OutputContext, build_all, measurements
+        from dicomnode.outputs import OutputContext, build_all
 
         assert self.predictor is not None
         bundle = self.predictor.bundle
@@ -245,7 +245,7 @@ class Worker:
             kinds=("sr", "seg", "keyimage"),
         )
         study_uid = str(headers[0].StudyInstanceUID)
-        written = WrittenOutputs(measurements=measurements(ctx))
+        written = WrittenOutputs(measurements=dict(objects.measurements))
         for kind, items in objects.items():
             for ds, png_name, png in items:
                 path = self._result_path(study_uid, ds)
@@ -337,33 +337,28 @@ class Worker:
 
 @dataclass
 class WrittenOutputs:
-    """Result files written for one job, by kind."""
+    """Result files written for one job: (kind, SOP UID, series UID, path) and PNG copies."""
 
     measurements: dict[str, float]
-    objects: list[tuple[str, str, str, Path]] | None = None  # kind, sop uid, series uid, path
-    pngs: list[Path] | None = None
-
-    def __post_init__(self) -> None:
-        self.objects = self.objects or []
-        self.pngs = self.pngs or []
+    objects: list[tuple[str, str, str, Path]] = field(default_factory=list)
+    pngs: list[Path] = field(default_factory=list)
 
     def add(self, kind: str, ds: pydicom.Dataset, path: Path) -> None:
-        assert self.objects is not None
         self.objects.append((kind, str(ds.SOPInstanceUID), str(ds.SeriesInstanceUID), path))
 
     def by_kind(self) -> dict[str, list[tuple[str, Path]]]:
         out: dict[str, list[tuple[str, Path]]] = {}
-        for kind, sop, _series, path in self.objects or []:
+        for kind, sop, _series, path in self.objects:
             out.setdefault(kind, []).append((sop, path))
         return out
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        for kind, sop, series, path in self.objects or []:
+        for kind, sop, series, path in self.objects:
             out.setdefault(kind, []).append(
                 {"sop_instance_uid": sop, "series_instance_uid": series, "path": str(path)}
             )
-        out["png"] = [str(p) for p in self.pngs or []]
+        out["png"] = [str(p) for p in self.pngs]
         return out
 
 

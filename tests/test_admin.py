@@ -30,7 +30,7 @@ from dicomnode.db.models import (
     Study,
 )
 from dicomnode.db.session import make_engine, session_factory, session_scope
-from dicomnode.lease import LeaseLost, claim_job, renew
+from dicomnode.lease import LeaseLostError, claim_job, renew
 from glipcore.bundle import read_manifest
 
 UID = "1.2.826.0.1.3680043.8.498."
@@ -396,7 +396,7 @@ def test_cancel_running_job_fences_its_worker(engine: Engine, seeded: Seeded) ->
     admin.cancel_job(engine, claim.job_id)
     job = _job(engine, claim.job_id)
     assert job.state == "cancelled" and job.lease_token is None
-    with pytest.raises(LeaseLost):
+    with pytest.raises(LeaseLostError):
         renew(engine, claim, 60)
 
 

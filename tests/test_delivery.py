@@ -4,6 +4,8 @@ started in the test, on a migrated SQLite database (one test on both backends)."
 from __future__ import annotations
 
 import random
+import ssl
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -218,7 +220,12 @@ def dest(name: str, port: int, **kw: Any) -> dict[str, Any]:
     return {"name": name, "ae_title": "PACS", "host": "127.0.0.1", "port": port, **kw}
 
 
-def node_cfg(url: str, dests: list[dict[str, Any]], **delivery: Any) -> NodeConfig:
+def node_cfg(
+    url: str,
+    dests: list[dict[str, Any]],
+    network: dict[str, Any] | None = None,
+    **delivery: Any,
+) -> NodeConfig:
     """Small timeouts and backoffs so that retries happen within a test."""
     policy = {
         "max_attempts": 5,
@@ -236,6 +243,7 @@ def node_cfg(url: str, dests: list[dict[str, Any]], **delivery: Any) -> NodeConf
         database={"url": url},
         destinations=dests,
         delivery={**policy, **delivery},
+        network=network or {},
     )
 
 
@@ -274,7 +282,9 @@ class CountingSCP:
         statuses: Sequence[int] = (),
         delay_first_s: float = 0.0,
         port: int = 0,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        self.ssl_context = ssl_context
         self.classes, self.port = list(classes), port
         self.reject_for_s, self.reject = reject_for_s, reject
         self.statuses = list(statuses)
@@ -294,6 +304,7 @@ class CountingSCP:
         self._server = ae.start_server(
             ("127.0.0.1", self.port),
             block=False,
+            ssl_context=self.ssl_context,
             evt_handlers=[
                 (evt.EVT_REQUESTED, self._on_requested),
                 (evt.EVT_C_STORE, self._on_store),
@@ -718,3 +729,56 @@ def test_echo_succeeds_and_fails_clearly_on_a_closed_port(
     ok, msg = echo(cfg.destinations[1], cfg)
     assert not ok
     assert f"127.0.0.1:{port}" in msg and "Connection refused" in msg
+
+
+# --------------------------------------------------------------------------- TLS
+
+
+@pytest.fixture
+def tls_files(tmp_path: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key (used by both ends)."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1"),
+            *("-addext", "subjectAltName=IP:127.0.0.1"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+def test_tls_with_client_certificate(
+    engine: Engine,
+    sqlite_url: str,
+    tmp_path: Path,
+    scps: Callable[..., CountingSCP],
+    tls_files: tuple[Path, Path],
+) -> None:
+    """The peer's certificate is checked against tls_ca_file; ours (network.tls) is
+    offered, and this SCP requires it."""
+    cert, key = tls_files
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(cert))
+    server.load_cert_chain(str(cert), str(key))
+    server.verify_mode = ssl.CERT_REQUIRED
+    scp = scps(ssl_context=server)
+    good = dest("tls", scp.port, tls=True, tls_ca_file=str(cert))
+    untrusted = dest("untrusted", scp.port, tls=True)
+    own = {"tls": {"cert_file": str(cert), "key_file": str(key)}}
+    cfg = node_cfg(sqlite_url, [good, untrusted], network=own, breaker_failures=100)
+    ok, msg = echo(cfg.destinations[0], cfg)
+    assert ok, msg
+    ok, msg = echo(cfg.destinations[1], cfg)
+    assert not ok and "TLS handshake failed" in msg and "certificate verify failed" in msg
+
+    objects = sample_objects(tmp_path)
+    plan(engine, cfg, objects)
+    rnd = DeliveryService(engine, cfg).run_once()
+    assert (rnd.of("tls").sent, rnd.of("untrusted").retried) == (4, 4)
+    assert scp.stored == Counter({uid: 1 for uid in all_uids(objects)})
+
+    no_client_cert = node_cfg(sqlite_url, [good])
+    ok, msg = echo(no_client_cert.destinations[0], no_client_cert)
+    assert not ok, msg

@@ -52,6 +52,18 @@ class OutputSet:
         """Every dataset to store and send, SR first."""
         return [ds for group in self.by_kind().values() for ds in group]
 
+    def items(self) -> list[tuple[str, list[tuple[pydicom.Dataset, str | None, bytes | None]]]]:
+        """Per kind built: (kind, [(dataset, PNG name or None, PNG bytes or None), ...]);
+        key images carry their view name (e.g. "annulus-plane") and PNG."""
+        out: list[tuple[str, list[tuple[pydicom.Dataset, str | None, bytes | None]]]] = []
+        if self.sr is not None:
+            out.append(("sr", [(self.sr, None, None)]))
+        if self.seg is not None:
+            out.append(("seg", [(self.seg, None, None)]))
+        if self.keyimages:
+            out.append(("keyimage", [(k.dataset, k.name, k.png) for k in self.keyimages]))
+        return out
+
     def pngs(self) -> dict[str, bytes]:
         """PNG copies of the key images by view name (e.g. "annulus-plane")."""
         return {k.name: k.png for k in self.keyimages}

@@ -50,7 +50,7 @@ class OutputContext:
 
     ``source``: headers of the job's single-frame CT instances (pixel data not needed);
     ``volume``: the same series in HU on the grid those headers define; ``landmarks_lps``:
-    "RCC", "LCC", "NCC" -> (3,) LPS mm; ``plane_normal``: unit, pointing cranially;
+    "RCC", "LCC", "NCC" -> (3,) LPS mm; ``plane_normal``: unit (turned to point cranially);
     ``confidence``: 0..1 per landmark; ``warnings``: plausibility findings (empty when
     fine). Validated on construction (:class:`OutputError`); arrays are stored as float64
     copies and ``slice_index[n]`` is the volume slice k of ``source[n]``.
@@ -77,11 +77,9 @@ class OutputContext:
         norm = float(np.linalg.norm(normal))
         if abs(norm - 1.0) > _NORMAL_TOL:
             raise OutputError(f"plane_normal must be a unit vector, its length is {norm:.6g}")
-        if normal[2] < 0:
-            raise OutputError(
-                f"plane_normal must point cranially (z >= 0 in LPS), got {normal.tolist()}"
-            )
-        set_(self, "plane_normal", normal / norm)
+        # The plane is unoriented: a caudal normal (e.g. from swapped cusps, which the
+        # plausibility gate reports) is flipped so that every output sees it cranially.
+        set_(self, "plane_normal", (normal if normal[2] >= 0 else -normal) / norm)
         self._check_confidence()
         for name in ("model_name", "model_version"):
             value = getattr(self, name)

@@ -30,9 +30,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import highdicom as hd
-import matplotlib
-
-matplotlib.use("Agg")  # never a display; harmless when already Agg
 import numpy as np
 import pydicom
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -83,6 +80,7 @@ class View:
 
     @property
     def normal(self) -> Vec:
+        """Into-the-screen direction (right x down)."""
         return np.cross(self.right, self.down)
 
 
