@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from dicomnode.config import NodeConfig
 from dicomnode.demo import DEFAULT_SEED, DemoError, DemoResult, run_demo
 from dicomnode.node_cli import node_config
 
@@ -45,6 +46,7 @@ def demo(
     destination, so `dicomnode status` shows the study afterwards.
     """
     cfg = node_config(ctx)
+    _log_to_file(cfg, workdir)
     with err.status("starting", spinner="dots") as status:
 
         def progress(msg: str) -> None:
@@ -58,6 +60,19 @@ def demo(
             err.print(f"[bold red]demo failed:[/] {exc}")
             raise typer.Exit(code=1) from None
     print_result(r)
+
+
+def _log_to_file(cfg: NodeConfig, workdir: Path | None) -> None:
+    """The node's log goes to var_dir/demo.log so the console shows only the demo."""
+    import logging
+
+    from dicomnode.logs import setup_logging
+
+    cfg.var_dir.mkdir(parents=True, exist_ok=True)
+    path = cfg.var_dir / "demo.log"
+    setup_logging(cfg.logging, stream=path.open("a", encoding="utf-8"))
+    logging.getLogger("dicomnode.demo").info("demo started (workdir %s)", workdir or "temporary")
+    err.log(f"node log: {path}")
 
 
 def _fmt(p: object) -> str:

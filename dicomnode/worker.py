@@ -258,7 +258,7 @@ class Worker:
 
     def _result_path(self, study_uid: str, ds: pydicom.Dataset) -> Path:
         return (
-            self.cfg.archive_dir
+            self.cfg.archive_dir.resolve()
             / "results"
             / study_uid
             / str(ds.SeriesInstanceUID)
