@@ -71,6 +71,13 @@ class Orthanc:
         """The instance's main tags by keyword (``/instances/ID/simplified-tags``)."""
         return cast(dict[str, Any], self.get(f"/instances/{instance_id}/simplified-tags"))
 
+    def file(self, instance_id: str) -> bytes:
+        """The stored DICOM file of an instance (``/instances/ID/file``)."""
+        with urllib.request.urlopen(
+            f"{self.http_url}/instances/{instance_id}/file", timeout=30
+        ) as rsp:
+            return cast(bytes, rsp.read())
+
     def find_sop(self, sop_uid: str) -> str | None:
         """The Orthanc identifier of the instance with this SOP Instance UID, or None."""
         hits = self.post("/tools/lookup", sop_uid.encode("ascii"))
