@@ -1,4 +1,5 @@
-# The two commands of the README. Both set everything up first (idempotent).
+# Shortcuts for the README's two commands (scripts/demo.sh, scripts/test.sh), which set
+# everything up first (idempotent) and need only bash and python3.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
@@ -8,11 +9,12 @@ setup:
 	@bash scripts/setup.sh
 
 ## demo: the main job, on the embedded defaults (SQLite, local archive, shipped phantom model)
-demo: setup
-	@$(VENV)/bin/dicomnode demo
+demo:
+	@bash scripts/demo.sh
 
-## test: ruff, mypy (strict) and pytest
-test: setup lint typecheck unit
+## test: ruff, mypy (strict) and pytest (the same as scripts/test.sh, which CI runs)
+test:
+	@bash scripts/test.sh
 
 lint:
 	$(VENV)/bin/ruff check glipcore dicomnode tests bench
@@ -27,3 +29,5 @@ unit:
 bench: setup
 	$(PY) -m bench.decode
 	$(PY) -m bench.unet_cpu
+	$(PY) -m bench.predict_cpu
+	$(PY) -m bench.end_to_end

@@ -77,11 +77,13 @@ def _log_to_file(cfg: NodeConfig, workdir: Path | None) -> None:
 
 def _fmt(p: object) -> str:
     x, y, z = (float(v) for v in p)  # type: ignore[attr-defined]
-    return f"({x:7.1f}, {y:7.1f}, {z:7.1f})"
+    return f"({x:.1f}, {y:.1f}, {z:.1f})"
 
 
 def print_result(r: DemoResult) -> None:
-    """The result table and where the files are."""
+    """The result table, the measurements and where the files are."""
+    from dicomnode.outputs.measurements import CoplanarView
+
     res = r.result
     t = Table(title="Hinge points, patient LPS mm (phantom ground truth known)")
     for col in ("hinge point", "predicted", "truth", "error mm", "confidence"):
@@ -98,20 +100,28 @@ def print_result(r: DemoResult) -> None:
     out.print(t)
     m = res.get("measurements") or {}
     out.print(f"annulus plane vs truth: {r.plane_angle_deg:.2f} deg")
-    for key in sorted(m):
-        out.print(f"  {key}: {m[key]}")
-    status = res.get("status")
-    out.print(
-        f"result status: [bold]{status}[/]"
-        + (f" ({'; '.join(res['flags'])})" if res.get("flags") else "")
-    )
+    if "coplanar_lao_deg" in m and "coplanar_cranial_deg" in m:
+        view = CoplanarView(float(m["coplanar_lao_deg"]), float(m["coplanar_cranial_deg"]))
+        out.print(f"coplanar C-arm view: {view.label(degree_sign=False)}")
+    if "plane_tilt_deg" in m:
+        out.print(f"annulus plane tilt from axial: {float(m['plane_tilt_deg']):.1f} deg")
+    dists = {k: v for k, v in m.items() if k.startswith("hinge_distance_")}
+    if dists:
+        pretty = ", ".join(
+            f"{k.removeprefix('hinge_distance_').removesuffix('_mm').upper().replace('_', '-')} "
+            f"{float(v):.1f}"
+            for k, v in sorted(dists.items())
+        )
+        out.print(f"inter-hinge distances (mm): {pretty}")
+    flags = "; ".join(res.get("flags") or [])
+    out.print(f"result status: [bold]{res.get('status')}[/]" + (f" ({flags})" if flags else ""))
     timings = res.get("timings") or {}
-    out.print("worker timings: " + ", ".join(f"{k} {float(v):.2f} s" for k, v in timings.items()))
-    out.print("demo stages: " + ", ".join(f"{k} {v:.1f} s" for k, v in r.stage_s.items()))
-    out.print(f"local PACS ({r.pacs_kind}) holds {len(r.delivered)} result objects")
+    out.print("worker: " + ", ".join(f"{k} {float(v):.2f} s" for k, v in timings.items()))
+    out.print("demo: " + ", ".join(f"{k} {v:.1f} s" for k, v in r.stage_s.items()))
+    out.print(f"local PACS ({r.pacs_kind}) received {len(r.delivered)} result objects")
     if r.sr_path:
-        out.print(f"SR: {r.sr_path}  (dsrdump it)")
+        out.print(f"SR (try dsrdump): {r.sr_path}", soft_wrap=True)
     for p in r.pngs:
-        out.print(f"key image: {p}")
-    out.print(f"phantom CT and PACS storage: {r.workdir}")
+        out.print(f"key image: {p}", soft_wrap=True)
+    out.print(f"phantom CT and PACS storage: {r.workdir}", soft_wrap=True)
     out.print("next: `dicomnode status`, `dicomnode results export --csv`")

@@ -44,7 +44,11 @@ class LocalPacs(Protocol):
 
 
 class OrthancServer:
-    """A throwaway Orthanc on loopback (DICOM and REST ports free), state in ``folder``."""
+    """A throwaway Orthanc on loopback (free DICOM and REST ports), state in ``folder``.
+
+    Orthanc 1.10 has no bind-address setting for DICOM (it listens on every interface);
+    its REST API is limited to localhost (RemoteAccessAllowed false).
+    """
 
     kind = "Orthanc"
 
@@ -53,100 +57,153 @@ class OrthancServer:
         self.ae_title = ae_title
         self.port = free_port()
         self.http_port = free_port()
-        self.http_url = f"http://127.0.0.1:{self.http_port}"
+        while self.http_port == self.port:
+            self.http_port = free_port()
         self.log_path = folder / "orthanc.log"
         self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def dicom_port(self) -> int:
+        """Orthanc's DICOM port (alias of ``port``)."""
+        return self.port
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @staticmethod
+    def binary() -> str | None:
+        """The Orthanc executable, or None when it is not installed."""
+        return ORTHANC_BIN if Path(ORTHANC_BIN).exists() else shutil.which("Orthanc")
 
     @staticmethod
     def available() -> bool:
         """Whether the Orthanc binary is installed."""
-        return Path(ORTHANC_BIN).exists() or shutil.which("Orthanc") is not None
+        return OrthancServer.binary() is not None
 
     def config(self) -> dict[str, Any]:
         """The JSON configuration this instance runs with."""
+        storage = str(self.folder / "storage")
         return {
             "Name": "glip-node local PACS",
-            "StorageDirectory": str(self.folder / "storage"),
-            "IndexDirectory": str(self.folder / "storage"),
-            "DicomAet": self.ae_title,
-            "DicomPort": self.port,
+            "StorageDirectory": storage,
+            "IndexDirectory": storage,
+            "StorageCompression": False,
+            "Plugins": [],
+            "ConcurrentJobs": 1,
+            "SaveJobs": False,
+            "HttpServerEnabled": True,
             "HttpPort": self.http_port,
+            "HttpCompressionEnabled": False,
+            "OrthancExplorerEnabled": False,
+            "WebDavEnabled": False,
             "RemoteAccessAllowed": False,
             "AuthenticationEnabled": False,
+            "SslEnabled": False,
+            "DicomServerEnabled": True,
+            "DicomAet": self.ae_title,
+            "DicomPort": self.port,
+            "DicomThreadsCount": 2,
             "DicomCheckCalledAet": False,
             "DicomAlwaysAllowEcho": True,
             "DicomAlwaysAllowStore": True,
             "DicomCheckModalityHost": False,
             "UnknownSopClassAccepted": True,
-            "HttpServerEnabled": True,
-            "Plugins": [],
-            "StorageCompression": False,
+            "DicomModalities": {},
         }
 
     def start(self, timeout_s: float = 30.0) -> OrthancServer:
-        """Start Orthanc and wait until its REST API answers."""
+        """Start Orthanc and wait until its REST API answers on our port."""
+        exe = self.binary()
+        if exe is None:
+            raise RuntimeError("Orthanc is not installed: run scripts/setup.sh (Debian orthanc)")
         self.folder.mkdir(parents=True, exist_ok=True)
         cfg_path = self.folder / "orthanc.json"
         cfg_path.write_text(json.dumps(self.config(), indent=2))
-        exe = ORTHANC_BIN if Path(ORTHANC_BIN).exists() else shutil.which("Orthanc") or "Orthanc"
-        log = self.log_path.open("wb")
-        self._proc = subprocess.Popen([exe, str(cfg_path)], stdout=log, stderr=subprocess.STDOUT)
+        self._proc = subprocess.Popen(
+            [exe, f"--logfile={self.log_path}", "--no-jobs", str(cfg_path)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+            cwd=self.folder,
+        )
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"Orthanc exited at start; see {self.log_path}:\n{self.log()}")
+        while time.monotonic() < deadline and self.alive():
             try:
-                self.rest("/system")
-                return self
-            except OSError:
-                time.sleep(0.2)
+                if self.get("/system").get("DicomPort") == self.port:
+                    return self
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.1)
+        code = self._proc.poll()
         self.stop()
-        raise RuntimeError(f"Orthanc did not answer within {timeout_s:.0f} s; see {self.log_path}")
+        raise RuntimeError(
+            f"Orthanc did not answer within {timeout_s:.0f} s (exit code {code}); "
+            f"its log:\n{self.log()}"
+        )
 
-    def log(self) -> str:
-        """Orthanc's log so far (last 4000 characters)."""
-        return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""
+    def alive(self) -> bool:
+        """Whether the Orthanc process is running."""
+        return self._proc is not None and self._proc.poll() is None
 
-    def rest(self, path: str) -> Any:
-        """GET a REST resource as JSON."""
+    def log(self, tail_lines: int = 200) -> str:
+        """The last lines of Orthanc's log."""
+        if not self.log_path.exists():
+            return "(no log)"
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-tail_lines:])
+
+    def get(self, path: str) -> Any:
+        """GET a REST resource (e.g. ``/system``) as JSON."""
         with urllib.request.urlopen(self.http_url + path, timeout=10) as r:
             return json.loads(r.read())
 
-    def rest_bytes(self, path: str) -> bytes:
-        """GET a REST resource as bytes (e.g. /instances/ID/file)."""
-        with urllib.request.urlopen(self.http_url + path, timeout=30) as r:
+    def post(self, path: str, body: bytes) -> Any:
+        """POST ``body`` to a REST resource; the JSON answer."""
+        req = urllib.request.Request(self.http_url + path, data=body, method="POST")
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return json.loads(r.read())
+
+    def file(self, instance_id: str) -> bytes:
+        """The stored DICOM file of an instance."""
+        with urllib.request.urlopen(
+            f"{self.http_url}/instances/{instance_id}/file", timeout=30
+        ) as r:
             data: bytes = r.read()
             return data
 
     def instances(self) -> list[str]:
         """Orthanc ids of every stored instance."""
-        ids: list[str] = self.rest("/instances")
+        ids: list[str] = self.get("/instances")
         return ids
+
+    def instance_tags(self, instance_id: str) -> dict[str, Any]:
+        """An instance's tags by keyword (``/instances/ID/simplified-tags``)."""
+        tags: dict[str, Any] = self.get(f"/instances/{instance_id}/simplified-tags")
+        return tags
 
     def sop_instance_uids(self) -> set[str]:
         """SOP Instance UIDs of every stored instance."""
-        return {
-            self.rest(f"/instances/{i}")["MainDicomTags"]["SOPInstanceUID"]
-            for i in self.instances()
-        }
+        tags = (self.get(f"/instances/{i}")["MainDicomTags"] for i in self.instances())
+        return {t["SOPInstanceUID"] for t in tags}
 
     def find_sop(self, sop_uid: str) -> str | None:
-        """The Orthanc id of an instance by SOP Instance UID."""
-        for i in self.instances():
-            if self.rest(f"/instances/{i}")["MainDicomTags"]["SOPInstanceUID"] == sop_uid:
-                return i
+        """The Orthanc id of the instance with this SOP Instance UID, or None."""
+        for hit in self.post("/tools/lookup", sop_uid.encode("ascii")):
+            if hit.get("Type") == "Instance":
+                return str(hit["ID"])
         return None
 
     def stop(self) -> None:
         """Stop Orthanc (SIGTERM, then SIGKILL)."""
         if self._proc is None:
             return
-        self._proc.terminate()
-        try:
-            self._proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait()
+        if self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
         self._proc = None
 
 
