@@ -323,6 +323,20 @@ class NodeInfo(TypedDict):
     archive_dir: str
 
 
+class RecentResult(TypedDict):
+    """One of the latest results and how far its delivery got."""
+
+    result_id: int
+    job_id: int
+    at: str
+    study_instance_uid: str
+    status: str  # ok | flagged | withheld
+    model_version: str | None
+    sent: int
+    deliveries: int
+    outcome: str  # delivered | delivering | delivery failed | withheld | no destinations
+
+
 class StatusSnapshot(TypedDict):
     """Everything `dicomnode status` shows; JSON-ready (no patient data)."""
 
@@ -337,6 +351,7 @@ class StatusSnapshot(TypedDict):
     deliveries: DeliveryCounts
     disk: DiskStatus
     model: ModelStatus
+    recent_results: list[RecentResult]
     problems: list[str]
 
 
@@ -1223,6 +1238,44 @@ def _problems(snap: StatusSnapshot) -> list[str]:
     return out
 
 
+def _recent_results(s: Session, limit: int = 5) -> list[RecentResult]:
+    rows = s.execute(
+        select(Result, Study.study_instance_uid)
+        .join(Job, Job.id == Result.job_fk)
+        .join(Study, Study.id == Job.study_fk)
+        .order_by(Result.id.desc())
+        .limit(limit)
+    ).all()
+    out: list[RecentResult] = []
+    for res, study_uid in rows:
+        states = list(s.scalars(select(Delivery.state).where(Delivery.result_fk == res.id)))
+        sent = states.count("sent")
+        if res.status == "withheld":
+            outcome = "withheld"
+        elif not states:
+            outcome = "no destinations"
+        elif "dead" in states:
+            outcome = "delivery failed"
+        elif sent == len(states):
+            outcome = "delivered"
+        else:
+            outcome = "delivering"
+        out.append(
+            RecentResult(
+                result_id=res.id,
+                job_id=res.job_fk,
+                at=res.created_at.isoformat(),
+                study_instance_uid=study_uid,
+                status=res.status,
+                model_version=res.model_version,
+                sent=sent,
+                deliveries=len(states),
+                outcome=outcome,
+            )
+        )
+    return out
+
+
 def status_snapshot(engine: Engine, cfg: NodeConfig, now: datetime | None = None) -> StatusSnapshot:
     """The node at a glance: today's traffic (since local midnight), series by state, jobs
     by state and queue depth, running jobs with age and worker, failures with reasons,
@@ -1250,6 +1303,7 @@ def status_snapshot(engine: Engine, cfg: NodeConfig, now: datetime | None = None
             deliveries=_deliveries(s, now),
             disk=_disk(cfg),
             model=_model_status(s, cfg),
+            recent_results=_recent_results(s),
             problems=[],
         )
     snap["problems"] = _problems(snap)

@@ -466,6 +466,18 @@ def render_status(snap: admin.StatusSnapshot) -> RenderableType:
                 lease,
             )
         parts.append(t)
+    if snap["recent_results"]:
+        t = _table("latest results", "result", "when", "study", "status", "sent", "outcome")
+        for rr in snap["recent_results"]:
+            t.add_row(
+                str(rr["result_id"]),
+                _ago(datetime.fromisoformat(rr["at"]), now) + " ago",
+                _short_uid(rr["study_instance_uid"]),
+                rr["status"],
+                f"{rr['sent']}/{rr['deliveries']}",
+                Text(rr["outcome"], style="green" if rr["outcome"] == "delivered" else ""),
+            )
+        parts.append(t)
     fails = snap["failures"]
     if fails["recent"]:
         t = _table(

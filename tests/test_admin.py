@@ -291,6 +291,12 @@ def test_status_snapshot_counts(engine: Engine, seeded: Seeded, tmp_path: Path) 
     }
     assert snap["jobs"]["queue_depth"] == 1
     assert snap["jobs"]["oldest_queued_age_s"] == pytest.approx(300)
+    outcomes = {r["result_id"]: r["outcome"] for r in snap["recent_results"]}
+    assert outcomes == {
+        seeded.results["A"]: "delivery failed",  # one of its deliveries is dead
+        seeded.results["A_old"]: "no destinations",
+        seeded.results["B"]: "withheld",
+    }
     running = {r["id"]: r for r in snap["running"]}
     fresh, stale = running[seeded.jobs["running"]], running[seeded.jobs["stale"]]
     assert fresh["worker_id"] == "host-a:1"
