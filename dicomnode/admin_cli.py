@@ -33,13 +33,12 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from dicomnode import admin, node_cli
 from dicomnode.admin import AdminError, jsonable
-from dicomnode.config import CONFIG_ENV, Destination, NodeConfig
+from dicomnode.config import Destination, NodeConfig
 from dicomnode.db.models import utcnow
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
 
-DEBUG_ENV = "DICOMNODE_DEBUG"
 
 # --------------------------------------------------------------------------- help texts
 
@@ -132,33 +131,6 @@ LimitOpt = Annotated[int, typer.Option(min=1, help="At most this many rows, newe
 
 
 # ------------------------------------------------------------------ global options, errors
-
-
-def main_options(
-    ctx: typer.Context,
-    config: Annotated[
-        Path | None,
-        typer.Option(
-            "--config",
-            "-c",
-            help=f"YAML configuration file (default: ${CONFIG_ENV}, else built-in defaults). "
-            "Environment variables DICOMNODE_<SECTION>__<KEY> override it.",
-            envvar=CONFIG_ENV,
-            dir_okay=False,
-        ),
-    ] = None,
-    debug: Annotated[
-        bool,
-        typer.Option(
-            "--debug",
-            help="Show the full traceback of errors instead of one line and a hint.",
-            envvar=DEBUG_ENV,
-        ),
-    ] = False,
-) -> None:
-    """glip-node DICOM service. Research use only."""
-    node_cli.main_options(ctx, config)
-    ctx.obj["debug"] = debug
 
 
 def _debug(ctx: typer.Context) -> bool:

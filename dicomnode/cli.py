@@ -15,8 +15,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-# admin_cli.main_options wraps node_cli.main_options (--config) and adds --debug.
-app.callback()(admin_cli.main_options)
+app.callback()(node_cli.main_options)
 app.command("serve")(node_cli.serve)
 app.command("worker")(node_cli.worker)
 app.command("demo")(demo_cli.demo)

@@ -19,6 +19,9 @@ from dicomnode.config import CONFIG_ENV, ConfigError, NodeConfig, load_config
 
 console = Console(stderr=True)
 
+DEBUG_ENV = "DICOMNODE_DEBUG"
+"""Environment variable that turns on --debug."""
+
 db_app = typer.Typer(help="Database schema (alembic migrations in db/migrations).")
 config_app = typer.Typer(help="Node configuration.")
 
@@ -36,9 +39,17 @@ def main_options(
             dir_okay=False,
         ),
     ] = None,
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug",
+            help="Show the full traceback of errors instead of one line and a hint.",
+            envvar=DEBUG_ENV,
+        ),
+    ] = False,
 ) -> None:
     """glip-node DICOM service. Research use only."""
-    ctx.obj = {"config": config}
+    ctx.obj = {"config": config, "debug": debug}
 
 
 def node_config(ctx: typer.Context) -> NodeConfig:

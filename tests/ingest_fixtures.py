@@ -30,7 +30,7 @@ from dicomnode.archive import Archive
 from dicomnode.assembler import Assembler
 from dicomnode.config import NodeConfig
 from dicomnode.db.models import AssociationAudit, Event, Job, Series, utcnow
-from dicomnode.db.session import engine_from_config, session_factory
+from dicomnode.db.session import engine_from_config, make_engine, session_factory
 from dicomnode.ingest import IngestStore, file_header, read_header_file
 from dicomnode.scp import StorageSCP
 from glipcore.dicomwrite import SeriesMeta, write_ct_series
@@ -174,6 +174,32 @@ def migrated_url(db_url: str) -> str:
 
     migrate.upgrade(db_url)
     return db_url
+
+
+@pytest.fixture
+def engine(migrated_url: str) -> Iterator[Engine]:
+    """An engine on the migrated test database (SQLite and PostgreSQL)."""
+    eng = make_engine(migrated_url)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """A migrated SQLite database only (for tests whose subject is not the database)."""
+    from dicomnode.db import migrate
+
+    url = f"sqlite:///{tmp_path / 'node.db'}"
+    migrate.upgrade(url)
+    return url
+
+
+@pytest.fixture
+def sqlite_engine(sqlite_url: str) -> Iterator[Engine]:
+    """An engine on :func:`sqlite_url`."""
+    eng = make_engine(sqlite_url)
+    yield eng
+    eng.dispose()
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> bool:

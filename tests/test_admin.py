@@ -6,7 +6,6 @@ import csv
 import io
 import json
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -29,7 +28,7 @@ from dicomnode.db.models import (
     Series,
     Study,
 )
-from dicomnode.db.session import make_engine, session_factory, session_scope
+from dicomnode.db.session import session_factory, session_scope
 from dicomnode.lease import LeaseLostError, claim_job, renew
 from glipcore.bundle import read_manifest
 
@@ -240,13 +239,6 @@ def seed(engine: Engine, now: datetime) -> Seeded:
             results={k: v.id for k, v in res.items()},
             deliveries={k: v.id for k, v in dl.items()},
         )
-
-
-@pytest.fixture
-def engine(migrated_url: str) -> Iterator[Engine]:
-    eng = make_engine(migrated_url)
-    yield eng
-    eng.dispose()
 
 
 @pytest.fixture

@@ -38,7 +38,6 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from sqlalchemy import Engine, select
 
 from dicomnode.config import DeliveryConfig, NodeConfig
-from dicomnode.db import migrate
 from dicomnode.db.models import (
     Delivery,
     DeliveryAttempt,
@@ -154,17 +153,8 @@ def all_uids(objects: Objects) -> list[str]:
 
 
 @pytest.fixture
-def sqlite_url(tmp_path: Path) -> str:
-    url = f"sqlite:///{tmp_path / 'node.db'}"
-    migrate.upgrade(url)
-    return url
-
-
-@pytest.fixture
-def engine(sqlite_url: str) -> Iterator[Engine]:
-    eng = make_engine(sqlite_url)
-    yield eng
-    eng.dispose()
+def engine(sqlite_engine: Engine) -> Engine:
+    return sqlite_engine
 
 
 def make_result(engine: Engine) -> int:

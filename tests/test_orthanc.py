@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import highdicom as hd
@@ -34,23 +33,12 @@ from test_delivery import (
 )
 
 from dicomnode.config import NodeConfig
-from dicomnode.db import migrate
-from dicomnode.db.session import make_engine
 from dicomnode.delivery import DeliveryService, echo
 
 
 @pytest.fixture
-def sqlite_url(tmp_path: Path) -> str:
-    url = f"sqlite:///{tmp_path / 'node.db'}"
-    migrate.upgrade(url)
-    return url
-
-
-@pytest.fixture
-def engine(sqlite_url: str) -> Iterator[Engine]:
-    eng = make_engine(sqlite_url)
-    yield eng
-    eng.dispose()
+def engine(sqlite_engine: Engine) -> Engine:
+    return sqlite_engine
 
 
 def write_seg(out: Path, ct: list[tuple[str, Path]]) -> tuple[str, Path]:

@@ -4,7 +4,6 @@ files in a temporary archive."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,19 +25,12 @@ from dicomnode.db.models import (
     Series,
     Study,
 )
-from dicomnode.db.session import make_engine, session_factory
+from dicomnode.db.session import session_factory
 from dicomnode.retention import PurgeReport, candidates, purge, schedule_purge
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 CFG = RetentionConfig(delivered_days=30)
 _uids = itertools.count(1)
-
-
-@pytest.fixture
-def engine(migrated_url: str) -> Iterator[Engine]:
-    eng = make_engine(migrated_url)
-    yield eng
-    eng.dispose()
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import Engine, select
 
 from dicomnode.db.models import Event, Job, Patient, Series, Study, utcnow
-from dicomnode.db.session import make_engine, session_factory
+from dicomnode.db.session import session_factory
 from dicomnode.lease import LeaseLostError, claim_job, fail_exhausted, fence, renew
 
 
@@ -39,13 +39,6 @@ def _jobs(engine: Engine, n: int) -> list[int]:
             s.flush()
             ids.append(job.id)
     return ids
-
-
-@pytest.fixture
-def engine(migrated_url: str) -> Engine:
-    e = make_engine(migrated_url)
-    yield e  # type: ignore[misc]
-    e.dispose()
 
 
 def test_claims_oldest_first_then_none(engine: Engine) -> None:
