@@ -177,3 +177,22 @@ def test_withheld_result_is_not_delivered(
         assert res.status == "withheld" and any("tilt" in f for f in res.flags or [])
         assert s.scalars(select(Delivery)).first() is None
         assert "result_withheld" in s.scalars(select(Event.kind)).all()
+
+
+def test_worker_command_once(
+    rig_factory: Any, fast_case: tuple[list[Path], Any], tmp_path: Path
+) -> None:
+    import yaml
+    from typer.testing import CliRunner
+
+    from dicomnode.cli import app
+
+    files, _ = fast_case
+    rig = _queued(rig_factory, files)
+    cfg_file = tmp_path / "node.yaml"
+    cfg_file.write_text(yaml.safe_dump(rig.cfg.model_dump(mode="json")))
+    r = CliRunner().invoke(app, ["--config", str(cfg_file), "worker", "--once"])
+    assert r.exit_code == 0, r.output
+    with rig.sessions() as s:
+        assert s.scalars(select(Job.state)).one() == "done"
+        assert s.scalars(select(Result)).one().status in ("ok", "flagged")
