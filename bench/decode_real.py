@@ -113,9 +113,9 @@ def second_peak(
     is_max = h >= pooled
     z0, y0, x0 = main
     r = exclude_vox
-    is_max[max(0, z0 - r) : z0 + r + 1, max(0, y0 - r) : y0 + r + 1, max(0, x0 - r) : x0 + r + 1] = (
-        False
-    )
+    is_max[
+        max(0, z0 - r) : z0 + r + 1, max(0, y0 - r) : y0 + r + 1, max(0, x0 - r) : x0 + r + 1
+    ] = False
     if not bool(is_max.any()):
         return main, main, 0.0
     cand = torch.where(is_max, h, torch.tensor(float("-inf")))
@@ -165,7 +165,10 @@ def fold_heatmaps(bundle: Bundle, grid: Volume) -> list[torch.Tensor]:
 
 
 def decode_case(
-    case_id: str, truth: FloatArray, fold_maps: Sequence[torch.Tensor], affine: FloatArray,
+    case_id: str,
+    truth: FloatArray,
+    fold_maps: Sequence[torch.Tensor],
+    affine: FloatArray,
     bundle: Bundle,
 ) -> CaseDecode:
     """All methods on one case's fold maps; checks that the bench's label for the bundle's
@@ -198,19 +201,38 @@ def stats_row(e: NDArray[np.float64]) -> tuple[float, float, float, float]:
     return (float(np.median(v)), float(v.mean()), float(np.percentile(v, 90)), float(v.max()))
 
 
+def paired_delta(
+    e: NDArray[np.float64], ref: NDArray[np.float64], n_boot: int = 2000, seed: int = 0
+) -> tuple[float, float, float, float]:
+    """Paired comparison of (cases, L) errors against a reference on the same heatmaps:
+    mean difference (mm), its 95 % bootstrap interval resampling cases (landmarks of a case
+    stay together), and the share of (case, landmark) pairs where ``e`` is smaller."""
+    d = (e - ref).mean(axis=1)  # per case
+    rng = np.random.default_rng(seed)
+    boot = d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(axis=1)
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return float(d.mean()), float(lo), float(hi), float(np.mean(e < ref))
+
+
 def method_table(results: Sequence[CaseDecode], labels: Sequence[str], default: str) -> str:
-    """Median / mean / p90 / worst per method, and each median over argmax's median."""
+    """Median / mean / p90 / worst per method, each median over argmax's median, and the
+    paired mean difference to the default (95 % CI over cases) with the share it wins."""
     ref = stats_row(errors(results, "argmax"))[0]
+    e_def = errors(results, default)
     lines = [
-        f"{'method':<18} {'median':>7} {'mean':>7} {'p90':>7} {'worst':>7} {'med/argmax':>11}",
-        "-" * 62,
+        f"{'method':<18} {'median':>7} {'mean':>7} {'p90':>7} {'worst':>7} {'med/argmax':>11}"
+        f"   {'mean - default [95% CI]':<26} {'wins':>5}",
+        "-" * 97,
     ]
     for lab in labels:
-        med, mean, p90, worst = stats_row(errors(results, lab))
+        e = errors(results, lab)
+        med, mean, p90, worst = stats_row(e)
         name = f"{lab} (default)" if lab == default else lab
-        lines.append(
-            f"{name:<18} {med:7.3f} {mean:7.3f} {p90:7.3f} {worst:7.3f} {med / ref:11.2f}"
-        )
+        row = f"{name:<18} {med:7.3f} {mean:7.3f} {p90:7.3f} {worst:7.3f} {med / ref:11.2f}"
+        if lab != default:
+            d, lo, hi, win = paired_delta(e, e_def)
+            row += f"   {d:+.3f} [{lo:+.3f}, {hi:+.3f}]{'':<4} {100 * win:4.0f}%"
+        lines.append(row)
     return "\n".join(lines)
 
 
@@ -247,7 +269,9 @@ def worst_table(
         c, lm = divmod(int(flat), len(names))
         p = results[c].peaks[lm]
         vals = (p.sharpness, p.coherence, p.fold_spread_mm, p.second_dist_mm, p.second_rel_height)
-        lines.append(fmt(results[c].case_id, names[lm], f"{e[c, lm]:.2f}", f"{arg[c, lm]:.2f}", vals))
+        lines.append(
+            fmt(results[c].case_id, names[lm], f"{e[c, lm]:.2f}", f"{arg[c, lm]:.2f}", vals)
+        )
     allp = [p for r in results for p in r.peaks]
     med = [
         float(np.median([getattr(p, k) for p in allp]))
@@ -420,15 +444,16 @@ def run(
             print(f"wrote {png}")
     wall = time.perf_counter() - t0
     print(
-        f"model {bundle.version} ({len(bundle.models)} fold(s), ensemble={bundle.manifest.ensemble},"
-        f" refine={bundle.manifest.refine}), {len(results)} cases of {data}, "
+        f"model {bundle.version} ({len(bundle.models)} fold(s), "
+        f"ensemble={bundle.manifest.ensemble}, refine={bundle.manifest.refine}), "
+        f"{len(results)} cases of {data}, "
         f"torch threads {n_threads}"
     )
+    print(f"wall {wall:.0f} s (inference {t_infer:.0f} s, decoding all methods {t_decode:.0f} s)")
     print(
-        f"wall {wall:.0f} s (inference {t_infer:.0f} s, decoding all methods {t_decode:.0f} s)"
+        f"\nEuclidean error (mm), {len(results)} cases x {len(names)} landmarks; "
+        "plain names decode the fold-mean heatmap, 'coord' = mean of per-fold points"
     )
-    print(f"\nEuclidean error (mm), {len(results)} cases x {len(names)} landmarks; "
-          "plain names decode the fold-mean heatmap, 'coord' = mean of per-fold points")
     print(method_table(results, labels, default))
     print(f"\nPer landmark, {default} (default):")
     print(landmark_table(results, names, default))
