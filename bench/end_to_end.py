@@ -21,12 +21,13 @@ from typing import Any
 import numpy as np
 from sqlalchemy import func, select
 
-from dicomnode.config import NodeConfig
+from dicomnode.config import LoggingConfig, NodeConfig
 from dicomnode.db.models import Delivery, DeliveryAttempt, Instance, Job, Result, Series
 from dicomnode.db.session import session_factory
 from dicomnode.demo import DEMO_CALLING_AE, demo_config, send_series
 from dicomnode.embedded import EmbeddedNode
 from dicomnode.localpacs import start_local_pacs
+from dicomnode.logs import setup_logging
 from dicomnode.worker import default_torch_threads
 from glipcore import phantom
 from glipcore.dicomwrite import SeriesMeta, write_ct_series
@@ -113,6 +114,7 @@ def main() -> None:
     )
     ap.add_argument("--builtin-pacs", action="store_true", help="not Orthanc")
     args = ap.parse_args()
+    setup_logging(LoggingConfig(level="WARNING"))
 
     rows: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory() as tmp_s:

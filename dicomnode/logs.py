@@ -322,6 +322,10 @@ def setup_logging(cfg: LoggingConfig, stream: Any = None) -> logging.Handler:
     quiet = logging.DEBUG if cfg.level == "DEBUG" else logging.WARNING
     for name in QUIET_UNLESS_DEBUG:
         logging.getLogger(name).setLevel(quiet)
+    if cfg.level != "DEBUG":
+        # "Execution of job ... skipped: maximum number of running instances reached" is
+        # the intended coalescing of a periodic job that ran long, not a fault.
+        logging.getLogger("apscheduler.scheduler").setLevel(logging.ERROR)
     logging.captureWarnings(True)
     sys.excepthook = _log_uncaught
     threading.excepthook = _log_thread_exception
