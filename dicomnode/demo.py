@@ -156,6 +156,7 @@ def run_demo(
     *,
     workdir: Path | None = None,
     seed: int = DEFAULT_SEED,
+    preset: str = "full",
     prefer_orthanc: bool = True,
     progress: Callable[[str], None] = lambda _msg: None,
     timeout_s: float = 600.0,
@@ -169,8 +170,8 @@ def run_demo(
     pacs = start_local_pacs(work / "pacs", prefer_orthanc=prefer_orthanc)
     try:
         cfg = demo_config(base, pacs.ae_title, pacs.port)
-        progress(f"generating a full-size phantom CT (seed {seed})")
-        vol, truth = phantom.generate(seed, 0, "full", workers=os.cpu_count() or 1)
+        progress(f"generating a phantom CT (preset {preset}, seed {seed})")
+        vol, truth = phantom.generate(seed, 0, preset, workers=os.cpu_count() or 1)
         files = write_ct_series(vol, work / "ct", SeriesMeta.synthetic(seed, "demo-0"))
         study_uid = str(dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
         stages["phantom"] = time.perf_counter() - t

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -77,7 +78,7 @@ def _log_to_file(cfg: NodeConfig, workdir: Path | None) -> None:
 
 def _fmt(p: object) -> str:
     x, y, z = (float(v) for v in p)  # type: ignore[attr-defined]
-    return f"({x:.1f}, {y:.1f}, {z:.1f})"
+    return f"{x:6.1f} {y:6.1f} {z:6.1f}"
 
 
 def print_result(r: DemoResult) -> None:
@@ -85,9 +86,10 @@ def print_result(r: DemoResult) -> None:
     from dicomnode.outputs.measurements import CoplanarView
 
     res = r.result
-    t = Table(title="Hinge points, patient LPS mm (phantom ground truth known)")
-    for col in ("hinge point", "predicted", "truth", "error mm", "confidence"):
-        t.add_column(col, justify="right" if col in ("error mm", "confidence") else "left")
+    t = Table(title="Hinge points, patient LPS mm (phantom truth known)", box=box.SIMPLE_HEAD)
+    for col in ("hinge", "predicted", "truth", "error mm", "confidence"):
+        right = col in ("error mm", "confidence")
+        t.add_column(col, justify="right" if right else "left", no_wrap=True)
     conf = res.get("confidence") or {}
     for i, name in enumerate(r.names):
         t.add_row(
@@ -116,8 +118,13 @@ def print_result(r: DemoResult) -> None:
     flags = "; ".join(res.get("flags") or [])
     out.print(f"result status: [bold]{res.get('status')}[/]" + (f" ({flags})" if flags else ""))
     timings = res.get("timings") or {}
-    out.print("worker: " + ", ".join(f"{k} {float(v):.2f} s" for k, v in timings.items()))
-    out.print("demo: " + ", ".join(f"{k} {v:.1f} s" for k, v in r.stage_s.items()))
+    out.print(
+        "worker seconds: " + ", ".join(f"{k} {float(v):.2f}" for k, v in timings.items()),
+        soft_wrap=True,
+    )
+    out.print(
+        "demo seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in r.stage_s.items()), soft_wrap=True
+    )
     out.print(f"local PACS ({r.pacs_kind}) received {len(r.delivered)} result objects")
     if r.sr_path:
         out.print(f"SR (try dsrdump): {r.sr_path}", soft_wrap=True)

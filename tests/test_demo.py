@@ -1,0 +1,38 @@
+"""The demo's flow on a small phantom with the built-in storage SCP as the PACS (the
+full-size flow with Orthanc is tests/test_end_to_end.py), then `dicomnode status`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import yaml
+from typer.testing import CliRunner
+
+from dicomnode.cli import app
+from dicomnode.config import NodeConfig
+from dicomnode.demo import run_demo
+
+
+def test_demo_flow_and_status(tmp_path: Path) -> None:
+    base = NodeConfig(var_dir=tmp_path / "var", archive={"min_free": "0"})
+    steps: list[str] = []
+    r = run_demo(
+        base, workdir=tmp_path / "work", preset="fast", prefer_orthanc=False, progress=steps.append
+    )
+    assert r.pacs_kind == "built-in storage SCP"
+    assert any("sending" in s for s in steps)
+    assert r.errors_mm.shape == (3,) and np.all(r.errors_mm < 4.0), r.errors_mm
+    assert r.result["status"] in ("ok", "flagged")
+    assert len(r.delivered) == 5  # SR, SEG, three key images
+    assert r.sr_path and Path(r.sr_path).exists()
+    assert len(r.pngs) == 3 and all(Path(p).exists() for p in r.pngs)
+    # What the operator sees afterwards: the study delivered.
+    cfg_file = tmp_path / "node.yaml"
+    cfg_file.write_text(yaml.safe_dump({"var_dir": str(tmp_path / "var")}))
+    out = CliRunner().invoke(app, ["--config", str(cfg_file), "status", "--json"])
+    assert out.exit_code == 0, out.output
+    snap = json.loads(out.stdout)
+    assert [x["outcome"] for x in snap["recent_results"]] == ["delivered"]
+    assert snap["deliveries"]["by_state"]["sent"] == 5
