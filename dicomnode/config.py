@@ -295,8 +295,9 @@ class PlausibilityConfig(_Section):
     plane_tilt_deg: tuple[float, float] = (10.0, 85.0)
     # Largest spread of the fold models' predictions of one hinge point (RMS, mm).
     max_fold_spread_mm: float = Field(default=4.0, gt=0)
-    # Lowest per-landmark confidence score (0..1).
-    min_confidence: float = Field(default=0.0, ge=0, le=1)
+    # Lowest per-landmark confidence score (0..1): exp(-fold spread / 2 mm) times the
+    # peak's sharpness relative to a reference (glipcore.predict.SHARPNESS_REF).
+    min_confidence: float = Field(default=0.4, ge=0, le=1)
     # flag: deliver with a visible warning; withhold: do not deliver (reason recorded).
     action: Literal["flag", "withhold"] = "flag"
 
