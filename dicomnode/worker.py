@@ -128,14 +128,14 @@ class Worker:
     def process_one(self) -> JobOutcome | None:
         """Claim and run one job; None when the queue is empty."""
         wc = self.cfg.worker
+        if self.predictor is None:  # before claiming: a bad bundle must not strand a job
+            self.load_model()
         fail_exhausted(self.engine, wc.max_attempts)
         claim = claim_job(
             self.engine, self.worker_id, lease_s=wc.lease_s, max_attempts=wc.max_attempts
         )
         if claim is None:
             return None
-        if self.predictor is None:
-            self.load_model()
         return self.run_job(claim)
 
     def run(self, stop: threading.Event) -> None:
