@@ -201,7 +201,12 @@ class Worker:
         hb.check()
         t1 = time.perf_counter()
         verdict = self._gate(pred)
-        written = self._write_outputs(headers, volume, pred, verdict)
+        from dicomnode.outputs import OutputError
+
+        try:
+            written = self._write_outputs(headers, volume, pred, verdict)
+        except OutputError as exc:  # the series or prediction cannot make valid objects
+            raise PermanentJobError(f"outputs: {exc}") from exc
         timings["encode"] = time.perf_counter() - t1
         hb.check()
         return self._commit(claim, pred, verdict, written, timings)
