@@ -151,6 +151,25 @@ def _wait_for(
     raise DemoError(f"no result within {timeout_s:.0f} s; see `dicomnode status`")
 
 
+def _fresh_case(cfg: NodeConfig, seed: int) -> int:
+    """The first case index whose study the node's database does not hold yet, so that
+    running the demo again processes (and delivers) a new study."""
+    from dicomnode.db.session import engine_from_config
+
+    engine = engine_from_config(cfg)
+    try:
+        with session_factory(engine)() as s:
+            known = set(s.scalars(select(Study.study_instance_uid)))
+    except Exception:  # no database or no schema yet: the first case
+        known = set()
+    finally:
+        engine.dispose()
+    index = 0
+    while SeriesMeta.synthetic(seed, f"demo-{index}").study_instance_uid in known:
+        index += 1
+    return index
+
+
 def run_demo(
     base: NodeConfig,
     *,
@@ -170,9 +189,11 @@ def run_demo(
     pacs = start_local_pacs(work / "pacs", prefer_orthanc=prefer_orthanc)
     try:
         cfg = demo_config(base, pacs.ae_title, pacs.port)
-        progress(f"generating a phantom CT (preset {preset}, seed {seed})")
-        vol, truth = phantom.generate(seed, 0, preset, workers=os.cpu_count() or 1)
-        files = write_ct_series(vol, work / "ct", SeriesMeta.synthetic(seed, "demo-0"))
+        index = _fresh_case(cfg, seed)
+        progress(f"generating a phantom CT (preset {preset}, seed {seed}, case {index})")
+        vol, truth = phantom.generate(seed, index, preset, workers=os.cpu_count() or 1)
+        meta = SeriesMeta.synthetic(seed, f"demo-{index}")
+        files = write_ct_series(vol, work / f"ct-{index}", meta)
         study_uid = str(dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
         stages["phantom"] = time.perf_counter() - t
         progress("starting the node (SCP, assembler, worker with the model, delivery)")

@@ -15,7 +15,7 @@ from dicomnode.demo import DEFAULT_SEED, DemoError, DemoResult, run_demo
 from dicomnode.node_cli import node_config
 
 out = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, log_path=False)
 
 
 def demo(

@@ -36,3 +36,6 @@ def test_demo_flow_and_status(tmp_path: Path) -> None:
     snap = json.loads(out.stdout)
     assert [x["outcome"] for x in snap["recent_results"]] == ["delivered"]
     assert snap["deliveries"]["by_state"]["sent"] == 5
+    # Run again on the same database: a new case, processed and delivered again.
+    again = run_demo(base, workdir=tmp_path / "work2", preset="fast", prefer_orthanc=False)
+    assert again.study_uid != r.study_uid and len(again.delivered) == 5
