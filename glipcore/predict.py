@@ -162,11 +162,12 @@ class Prediction:
 SHARPNESS_REF = 300.0
 """Peak sharpness at and above which a peak counts as fully sharp in the confidence score.
 
-Measured with ``python -m bench.decode_real`` on the shipped model's 30 held-out phantoms:
-median sharpness 638; the one gross miss (LCC, 5.95 mm, a blunt dome with no second peak)
-had 83, the lowest of all 90 landmarks. Sharpness tracks the error (Spearman rho -0.30),
-coherence does not (+0.15), so coherence is reported but not scored. A bundle can set its
-own reference in ``metadata["sharpness_ref"]``."""
+Measured with ``python -m bench.decode_real`` on 30 held-out phantoms: with the first
+shipped model (phantom-glip-1908a769c7ca) the median sharpness was 638 and its one gross
+miss (LCC, 5.95 mm, a blunt dome with no second peak) had 83, the lowest of all 90
+landmarks; sharpness tracked the error (Spearman rho -0.30), coherence did not (+0.15), so
+coherence is reported but not scored. The current model's sharpness: median 629, lowest
+316. A bundle can set its own reference in ``metadata["sharpness_ref"]``."""
 
 
 def _confidence(
