@@ -255,16 +255,20 @@ def predict_cases(
     cases: Sequence[Case],
     device: torch.device,
     refine: str = "hybrid",
+    sharpness: list[np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Ensemble-predict (refined, argmax) landmarks (N, L, 3) in LPS mm for model-grid
-    cases (their arrays are already preprocessed)."""
+    cases (their arrays are already preprocessed). ``sharpness``, when given, receives
+    each case's per-landmark peak sharpness (L,)."""
     refined, argmax = [], []
     for case in cases:
         image = torch.from_numpy(np.ascontiguousarray(case.volume.array, dtype=np.float32))
         maps = [infer_heatmaps(m, image, device=device) for m in models]
-        final, arg, _, _ = decode_ensemble(maps, case.volume.affine, refine=refine)
+        final, arg, _, conf = decode_ensemble(maps, case.volume.affine, refine=refine)
         refined.append(final)
         argmax.append(arg)
+        if sharpness is not None:
+            sharpness.append(np.array([c.sharpness for c in conf]))
     return np.stack(refined), np.stack(argmax)
 
 
@@ -506,7 +510,8 @@ def run(cfg: TrainConfig, *, resume: bool = True, progress: bool = True) -> RunR
     train_ids = {i for i in by_id if i not in set(split.test)}
     test_metrics: dict[str, Any] = {}
     if test_cases:
-        refined, argmax = predict_cases(models, test_cases, device)
+        sharp: list[np.ndarray] = []
+        refined, argmax = predict_cases(models, test_cases, device, sharpness=sharp)
         truth = np.stack([c.landmarks_lps for c in test_cases])
         err, err_arg = euclidean_errors(refined, truth), euclidean_errors(argmax, truth)
         test_metrics = {
@@ -515,6 +520,7 @@ def run(cfg: TrainConfig, *, resume: bool = True, progress: bool = True) -> RunR
             "worst_mm": float(err.max()),
             "median_argmax_mm": float(np.median(err_arg)),
             "median_per_landmark_mm": np.median(err, axis=0).round(3).tolist(),
+            "median_sharpness": float(np.median(np.stack(sharp))),
         }
     offsets = naive_offsets([by_id[i] for i in sorted(train_ids)], cfg.preprocessing)
     summary = {
@@ -552,6 +558,13 @@ def run(cfg: TrainConfig, *, resume: bool = True, progress: bool = True) -> RunR
             "optim": cfg.optim.model_dump(mode="json"),
             "cv_median_mm": cv_median,
             "test": test_metrics,
+            # Half the median peak sharpness on the CV test set: the confidence score's
+            # reference (glipcore.predict.SHARPNESS_REF is the fallback).
+            **(
+                {"sharpness_ref": round(0.5 * test_metrics["median_sharpness"], 1)}
+                if test_metrics
+                else {}
+            ),
             "split_test_ids_sha256": hashlib.sha256(
                 json.dumps(list(split.test)).encode()
             ).hexdigest(),

@@ -105,3 +105,28 @@ def test_cv_split_is_reproducible_and_disjoint() -> None:
 def test_split_refuses_too_few_cases() -> None:
     with pytest.raises(ValueError, match="cannot make 4 folds"):
         make_split(["a", "b", "c"], seed=0, test_fraction=0.0, k=4)
+
+
+def test_run_cross_validates_and_writes_a_verified_bundle(tmp_path: Path) -> None:
+    from glipcore.bundle import load_bundle
+    from glipcore.train import run
+
+    cfg = TrainConfig(
+        name="tiny-run",
+        out_dir=tmp_path / "run",
+        seed=5,
+        threads=2,
+        data=DataConfig(phantom=PhantomData(cases=10, preset="model"), cache_dir=tmp_path / "c"),
+        model=UNetConfig(widths=(4, 8), norm="batch"),
+        crop=CropConfig(size_zyx=(32, 32, 32), margin_vox=2),
+        optim=OptimConfig(epochs=1, steps_per_epoch=3, batch_size=2),
+        cv=CVConfig(folds=2, test_fraction=0.2),
+    )
+    result = run(cfg, progress=False)
+    bundle = load_bundle(result.bundle_dir)
+    assert len(bundle.models) == 2 and bundle.phantom_trained
+    meta = bundle.manifest.metadata
+    assert meta["test"]["cases"] == 2
+    assert meta["sharpness_ref"] == pytest.approx(0.5 * meta["test"]["median_sharpness"], abs=0.1)
+    assert meta["sharpness_ref"] > 0
+    assert {f["fold"] for f in result.summary["folds"]} == {0, 1}
