@@ -916,8 +916,8 @@ def models_promote(
     """Make a model version the active one (exactly one is active).
 
     The bundle is verified again first, so one changed since registration is refused.
-    Workers load the model when they start: restart them to switch
-    (systemd: `systemctl restart 'dicomnode-worker@*'`)."""
+    Workers switch to it before their next job (a job already running finishes with the
+    model it started with)."""
     from dicomnode.db.session import session_factory, session_scope
     from dicomnode.registry import promote, register_bundle
 
@@ -931,7 +931,7 @@ def models_promote(
         f"active model: [bold]{escape(name)}[/]"
         + (" [yellow](trained on phantoms: research use only)[/]" if phantom else "")
     )
-    console.print("restart the workers to use it (they load the model when they start)")
+    console.print("workers switch to it before their next job")
 
 
 # ------------------------------------------------------------------------- echo, purge

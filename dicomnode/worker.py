@@ -123,12 +123,23 @@ class Worker:
         )
         return version
 
+    def _promoted_since(self) -> bool:
+        """Whether another model version was promoted after this one was loaded."""
+        from dicomnode.registry import active_model
+
+        assert self.predictor is not None
+        with self.sessions() as s:
+            active = active_model(s)
+            return active is not None and active.version != self.predictor.model_version
+
     # --- loop -----------------------------------------------------------------------
 
     def process_one(self) -> JobOutcome | None:
         """Claim and run one job; None when the queue is empty."""
         wc = self.cfg.worker
-        if self.predictor is None:  # before claiming: a bad bundle must not strand a job
+        # Before claiming, so that a bad bundle never strands a job: load the model, or
+        # switch to a version promoted since (`dicomnode models promote`).
+        if self.predictor is None or self._promoted_since():
             self.load_model()
         fail_exhausted(self.engine, wc.max_attempts)
         claim = claim_job(

@@ -196,3 +196,35 @@ def test_worker_command_once(
     with rig.sessions() as s:
         assert s.scalars(select(Job.state)).one() == "done"
         assert s.scalars(select(Result)).one().status in ("ok", "flagged")
+
+
+def test_worker_switches_to_a_promoted_model(
+    rig_factory: Any, fast_case: tuple[list[Path], Any], tmp_path: Path
+) -> None:
+    import json
+    import shutil
+
+    from dicomnode.admin import retry_job
+    from dicomnode.config import SHIPPED_BUNDLE
+    from dicomnode.db.session import session_factory, session_scope
+    from dicomnode.registry import promote, register_bundle
+
+    files, _ = fast_case
+    rig = _queued(rig_factory, files)
+    w = Worker(rig.cfg, rig.engine)
+    first = w.process_one()
+    assert first is not None and first.state == "done"
+    # A second bundle: the same weights under another name (hence another version).
+    other = tmp_path / "other-bundle"
+    shutil.copytree(SHIPPED_BUNDLE, other)
+    manifest = json.loads((other / "bundle.json").read_text())
+    manifest["name"] = "phantom-glip-other"
+    (other / "bundle.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    with session_scope(session_factory(rig.engine)) as s:
+        version = promote(s, register_bundle(s, other).version).version
+    retry_job(rig.engine, first.job_id)
+    again = w.process_one()
+    assert again is not None and again.state == "done"
+    with rig.sessions() as s:
+        models = [r.model_version for r in s.scalars(select(Result).order_by(Result.id))]
+    assert models[0] != version and models[1] == version
