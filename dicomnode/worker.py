@@ -3,8 +3,8 @@
 One :class:`Worker` loads the model bundle once (the active model version in the
 database, else the configured one) and processes jobs until stopped. Every job write is
 fenced by its lease token (:mod:`dicomnode.lease`): a worker that lost its lease writes
-no result and queues no delivery. Output files are named by deterministic UIDs, so the
-files of a fenced-out worker are the same objects the winner writes.
+no result and queues no delivery, and each claim writes its files into its own folder, so
+a fenced-out worker's files are never referenced by a result or a delivery.
 """
 
 from __future__ import annotations
@@ -215,7 +215,7 @@ class Worker:
         from dicomnode.outputs import OutputError
 
         try:
-            written = self._write_outputs(headers, volume, pred, verdict)
+            written = self._write_outputs(claim, headers, volume, pred, verdict)
         except OutputError as exc:  # the series or prediction cannot make valid objects
             raise PermanentJobError(f"outputs: {exc}") from exc
         timings["encode"] = time.perf_counter() - t1
@@ -230,6 +230,7 @@ class Worker:
 
     def _write_outputs(
         self,
+        claim: Claim,
         headers: Sequence[pydicom.Dataset],
         volume: Volume,
         pred: Prediction,
@@ -264,7 +265,7 @@ class Worker:
         written = WrittenOutputs(measurements=dict(objects.measurements))
         for kind, items in objects.items():
             for ds, png_name, png in items:
-                path = self._result_path(study_uid, ds)
+                path = self._result_path(study_uid, claim, ds)
                 _atomic_write_dicom(ds, path)
                 written.add(kind, ds, path)
                 if png is not None:
@@ -272,11 +273,15 @@ class Worker:
                     written.pngs.append(path.parent / f"{png_name}.png")
         return written
 
-    def _result_path(self, study_uid: str, ds: pydicom.Dataset) -> Path:
+    def _result_path(self, study_uid: str, claim: Claim, ds: pydicom.Dataset) -> Path:
+        """``<archive>/results/<study>/job<id>-<lease>/<series>/<sop>.dcm``: one folder per
+        claim of the job, so a worker that lost its lease never overwrites the files that
+        the winning claim's result row and deliveries point to."""
         return (
             self.cfg.archive_dir.resolve()
             / "results"
             / study_uid
+            / f"job{claim.job_id}-{claim.token[:8]}"
             / str(ds.SeriesInstanceUID)
             / f"{ds.SOPInstanceUID}.dcm"
         )
