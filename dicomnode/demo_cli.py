@@ -60,6 +60,12 @@ def demo(
         except DemoError as exc:
             err.print(f"[bold red]demo failed:[/] {exc}")
             raise typer.Exit(code=1) from None
+        except Exception as exc:  # one readable line unless --debug
+            if (ctx.find_root().obj or {}).get("debug"):
+                raise
+            err.print(f"[bold red]demo failed:[/] {type(exc).__name__}: {exc}")
+            err.print(f"hint: the node's log is {cfg.var_dir / 'demo.log'}; --debug shows more")
+            raise typer.Exit(code=1) from None
     print_result(r)
 
 

@@ -7,6 +7,7 @@ Both listen on loopback only, on free ports, with their state in a given folder.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import socket
 import subprocess
@@ -22,6 +23,8 @@ from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.events import Event
 
 ORTHANC_BIN = "/usr/sbin/Orthanc"
+
+log = logging.getLogger(__name__)
 
 
 def free_port() -> int:
@@ -250,7 +253,11 @@ class BuiltinStoreSCP:
 
 
 def start_local_pacs(folder: Path, prefer_orthanc: bool = True) -> OrthancServer | BuiltinStoreSCP:
-    """Orthanc when installed (and preferred), else the built-in storage SCP; started."""
+    """Orthanc when installed (and preferred), else the built-in storage SCP; started.
+    An Orthanc that fails to start is logged and replaced by the built-in SCP."""
     if prefer_orthanc and OrthancServer.available():
-        return OrthancServer(folder).start()
-    return BuiltinStoreSCP(folder).start()
+        try:
+            return OrthancServer(folder / "orthanc").start()
+        except RuntimeError as exc:
+            log.warning("Orthanc did not start (%s); using the built-in storage SCP", exc)
+    return BuiltinStoreSCP(folder / "builtin").start()
