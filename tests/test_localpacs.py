@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from ingest_fixtures import tiny_volume
 from pydicom import dcmread
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
 from dicomnode import localpacs
 from glipcore.dicomwrite import SeriesMeta, write_ct_series
-from ingest_fixtures import tiny_volume
 
 
 def test_orthanc_that_cannot_start_falls_back_to_builtin(
