@@ -15,7 +15,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Engine, and_, or_, select, update
+from sqlalchemy import ColumnElement, Engine, and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from dicomnode.db.models import Event, Job, utcnow
@@ -111,13 +111,18 @@ def fail_exhausted(engine: Engine, max_attempts: int, now: datetime | None = Non
     return len(rows)
 
 
+def _held(claim: Claim) -> ColumnElement[bool]:
+    """The job row as long as ``claim`` still holds its lease."""
+    return and_(Job.id == claim.job_id, Job.lease_token == claim.token, Job.state == "running")
+
+
 def renew(engine: Engine, claim: Claim, lease_s: float, now: datetime | None = None) -> None:
     """Extend the lease; raises :class:`LeaseLostError` when the token no longer holds."""
     now = now or utcnow()
     with session_factory(engine)() as s, s.begin():
         result = s.execute(
             update(Job)
-            .where(Job.id == claim.job_id, Job.lease_token == claim.token, Job.state == "running")
+            .where(_held(claim))
             .values(lease_expires_at=now + timedelta(seconds=lease_s), heartbeat_at=now)
             .execution_options(synchronize_session=False)
         )
@@ -137,10 +142,7 @@ def fence(s: Session, claim: Claim, **values: object) -> None:
     }
     final.update(values)
     result = s.execute(
-        update(Job)
-        .where(Job.id == claim.job_id, Job.lease_token == claim.token, Job.state == "running")
-        .values(**final)
-        .execution_options(synchronize_session=False)
+        update(Job).where(_held(claim)).values(**final).execution_options(synchronize_session=False)
     )
     n = result.rowcount  # type: ignore[attr-defined]
     if n != 1:

@@ -8,6 +8,7 @@ readable reason and the job fails.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 from sqlalchemy import Engine, select, update
@@ -56,21 +57,30 @@ def job_files(engine: Engine, archive_root: Path, job_id: int) -> list[Path]:
     return files
 
 
-def load_job_volume(engine: Engine, archive_root: Path, job_id: int) -> Volume:
-    """The job's series as a Volume; on a geometry error the job is failed with the reason
-    recorded (and :class:`SeriesLoadError` raised)."""
-    files = job_files(engine, archive_root, job_id)
+def volume_of_files(files: Sequence[Path]) -> Volume:
+    """A job's archived files as a Volume. Missing files or a bad geometry raise
+    :class:`SeriesLoadError` with a readable reason; nothing is written."""
     missing = [f for f in files if not f.exists()]
     if missing:
-        reason = f"archive: {len(missing)} of {len(files)} files are missing, e.g. {missing[0]}"
-        _fail(engine, job_id, reason)
-        raise SeriesLoadError(f"job {job_id}: {reason}")
+        raise SeriesLoadError(
+            f"archive: {len(missing)} of {len(files)} files are missing, e.g. {missing[0]} "
+            "(purged by retention or deleted by hand?)"
+        )
     try:
         return load_dicom_series(files)
     except VolumeError as exc:
-        reason = f"series geometry: {exc}"
-        _fail(engine, job_id, reason)
-        raise SeriesLoadError(f"job {job_id}: {reason}") from exc
+        raise SeriesLoadError(f"series geometry: {exc}") from exc
+
+
+def load_job_volume(engine: Engine, archive_root: Path, job_id: int) -> Volume:
+    """The job's series as a Volume; on missing files or a geometry error the job is failed
+    with the reason recorded (and :class:`SeriesLoadError` raised)."""
+    files = job_files(engine, archive_root, job_id)
+    try:
+        return volume_of_files(files)
+    except SeriesLoadError as exc:
+        _fail(engine, job_id, str(exc))
+        raise SeriesLoadError(f"job {job_id}: {exc}") from exc
 
 
 def _fail(engine: Engine, job_id: int, reason: str) -> None:

@@ -37,9 +37,9 @@ from dicomnode.lease import (
     fence,
 )
 from dicomnode.logs import register_phi
-from dicomnode.series import SeriesLoadError, job_files
+from dicomnode.series import SeriesLoadError, job_files, volume_of_files
 from glipcore.predict import Prediction, Predictor
-from glipcore.volume import Volume, VolumeError, load_dicom_series
+from glipcore.volume import Volume
 
 log = logging.getLogger(__name__)
 
@@ -196,16 +196,10 @@ class Worker:
         t0 = time.perf_counter()
         try:
             files = job_files(self.engine, self.cfg.archive_dir, claim.job_id)
-            missing = [f for f in files if not f.exists()]
-            if missing:
-                raise PermanentJobError(
-                    f"archive: {len(missing)} of {len(files)} files are missing "
-                    f"(e.g. {missing[0].name}); purged by retention or deleted by hand?"
-                )
-            volume = load_dicom_series(files)
-            headers = sorted_headers(files)
-        except (SeriesLoadError, VolumeError) as exc:
-            raise PermanentJobError(f"series: {exc}") from exc
+            volume = volume_of_files(files)
+        except SeriesLoadError as exc:
+            raise PermanentJobError(str(exc)) from exc
+        headers = sorted_headers(files)
         timings["load"] = time.perf_counter() - t0
         pred = self.predictor.predict(volume)
         timings.update(pred.timings_s)
