@@ -24,7 +24,7 @@ from sqlalchemy import func, select
 from dicomnode.config import LoggingConfig, NodeConfig
 from dicomnode.db.models import Delivery, DeliveryAttempt, Instance, Job, Result, Series
 from dicomnode.db.session import session_factory
-from dicomnode.demo import DEMO_CALLING_AE, demo_config, send_series
+from dicomnode.demo import DEMO_CALLING_AE, demo_config, send_series, wait_delivered
 from dicomnode.embedded import EmbeddedNode
 from dicomnode.localpacs import start_local_pacs
 from dicomnode.logs import setup_logging
@@ -52,24 +52,6 @@ def _node_config(var: Path, pacs_ae: str, pacs_port: int, threads: int | None) -
     if threads:
         data["worker"]["torch_threads"] = threads
     return NodeConfig(**data)
-
-
-def _wait_delivered(node: EmbeddedNode, n_results: int, timeout_s: float = 600) -> None:
-    sessions = session_factory(node.engine)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with sessions() as s:
-            jobs = list(s.scalars(select(Job.state)))
-            if any(x == "failed" for x in jobs):
-                raise RuntimeError("a job failed: see the node's database")
-            states = list(s.scalars(select(Delivery.state)))
-            results = s.scalar(select(func.count(Result.id))) or 0
-            if results >= n_results and states and all(x == "sent" for x in states):
-                return
-            if any(x == "dead" for x in states):
-                raise RuntimeError("a delivery died")
-        time.sleep(0.1)
-    raise TimeoutError("results not delivered in time")
 
 
 def _measure(node: EmbeddedNode) -> dict[str, float]:
@@ -126,14 +108,13 @@ def main() -> None:
             series = []
             for i in range(args.repeats):
                 vol, truth = phantom.generate(990_100 + i, 0, "full", workers=os.cpu_count() or 1)
-                files = write_ct_series(
-                    vol, tmp / f"ct{i}", SeriesMeta.synthetic(990_100 + i, f"e2e-{i}")
-                )
-                series.append((files, truth))
+                meta = SeriesMeta.synthetic(990_100 + i, f"e2e-{i}")
+                files = write_ct_series(vol, tmp / f"ct{i}", meta)
+                series.append((files, truth, meta.study_instance_uid))
             with EmbeddedNode(cfg) as node:
-                for i, (files, _truth) in enumerate(series):
+                for files, _truth, study_uid in series:
                     send_series(files, node.port, cfg.ae_title)
-                    _wait_delivered(node, i + 1)
+                    wait_delivered(node.engine, study_uid, timeout_s=600, poll_s=0.1)
                     rows.append(_measure(node))
                     time.sleep(0.5)
                 w = node.worker
@@ -142,7 +123,7 @@ def main() -> None:
             n_threads = cfg.worker.torch_threads or default_torch_threads()
             predictor = Predictor(cfg.bundle_path, threads=n_threads)
             peer = []
-            for files, truth in series:
+            for files, truth, _uid in series:
                 t0 = time.perf_counter()
                 pred = predictor.predict(load_volume(files[0].parent))
                 peer.append(time.perf_counter() - t0)

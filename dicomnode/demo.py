@@ -29,10 +29,9 @@ from dicomnode.config import NodeConfig
 from dicomnode.db.models import Delivery, Job, Result, Study
 from dicomnode.db.session import session_factory
 from dicomnode.embedded import EmbeddedNode
-from dicomnode.localpacs import BuiltinStoreSCP, OrthancServer, start_local_pacs
+from dicomnode.localpacs import start_local_pacs
 from glipcore import phantom
 from glipcore.dicomwrite import SeriesMeta, write_ct_series
-from glipcore.geometry import plane_through
 from glipcore.metrics import euclidean_errors, plane_angle
 
 DEMO_CALLING_AE = "GLIPDEMO"
@@ -112,10 +111,15 @@ def send_series(files: list[Path], port: int, called_ae: str) -> str:
     return "pynetdicom"
 
 
-def _wait_for(
-    cfg: NodeConfig, engine: Any, study_uid: str, timeout_s: float, tick: Callable[[str], None]
+def wait_delivered(
+    engine: Any,
+    study_uid: str,
+    timeout_s: float,
+    tick: Callable[[str], None] = lambda _msg: None,
+    poll_s: float = 0.3,
 ) -> int:
-    """Wait until the study's job is done and its deliveries settled; the result id."""
+    """Wait until the study's latest job is done and all its deliveries are sent (or its
+    result withheld); the result id. A failed job or dead delivery raises DemoError."""
     sessions = session_factory(engine)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -147,7 +151,7 @@ def _wait_for(
                 if states and all(x == "sent" for x in states):
                     return result.id
                 tick(f"delivering: {states.count('sent')}/{len(states)} objects sent")
-        time.sleep(0.3)
+        time.sleep(poll_s)
     raise DemoError(f"no result within {timeout_s:.0f} s; see `dicomnode status`")
 
 
@@ -194,7 +198,7 @@ def run_demo(
         vol, truth = phantom.generate(seed, index, preset, workers=os.cpu_count() or 1)
         meta = SeriesMeta.synthetic(seed, f"demo-{index}")
         files = write_ct_series(vol, work / f"ct-{index}", meta)
-        study_uid = str(dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+        study_uid = meta.study_instance_uid
         stages["phantom"] = time.perf_counter() - t
         progress("starting the node (SCP, assembler, worker with the model, delivery)")
         t = time.perf_counter()
@@ -205,7 +209,7 @@ def run_demo(
             sender = send_series(files, node.port, cfg.ae_title)
             stages["send"] = time.perf_counter() - t
             t = time.perf_counter()
-            result_id = _wait_for(cfg, node.engine, study_uid, timeout_s, progress)
+            result_id = wait_delivered(node.engine, study_uid, timeout_s, progress)
             stages["process"] = time.perf_counter() - t
             with session_factory(node.engine)() as s:
                 row = s.get(Result, result_id)
@@ -218,7 +222,6 @@ def run_demo(
         outputs = result.get("outputs") or {}
         sr = outputs.get("sr") or []
         delivered = sorted(pacs.sop_instance_uids())
-        _ = plane_through(pred)
         return DemoResult(
             workdir=work,
             pacs_kind=pacs.kind,
@@ -239,11 +242,10 @@ def run_demo(
 
 
 __all__ = [
-    "BuiltinStoreSCP",
     "DemoError",
     "DemoResult",
-    "OrthancServer",
     "demo_config",
     "run_demo",
     "send_series",
+    "wait_delivered",
 ]
