@@ -6,16 +6,12 @@ with a visible warning) or "withheld" (not delivered), as configured.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import numpy as np
-
 from dicomnode.config import PlausibilityConfig
+from dicomnode.outputs.measurements import hinge_distances_mm, plane_tilt_deg
 from glipcore.geometry import FloatArray
-
-AXIAL_NORMAL = np.array([0.0, 0.0, 1.0])
 
 
 @dataclass(frozen=True)
@@ -24,13 +20,6 @@ class GateResult:
 
     status: str
     findings: tuple[str, ...]
-
-
-def tilt_from_axial_deg(normal: FloatArray) -> float:
-    """Angle between the plane and the axial plane (0 = axial), degrees."""
-    n = np.asarray(normal, dtype=float)
-    cos = abs(float(n @ AXIAL_NORMAL)) / float(np.linalg.norm(n))
-    return float(np.degrees(np.arccos(min(1.0, cos))))
 
 
 def findings(
@@ -43,11 +32,10 @@ def findings(
     """Every check the prediction fails, as sentences."""
     out: list[str] = []
     lo, hi = cfg.hinge_distance_mm
-    for a, b in itertools.combinations(landmarks, 2):
-        d = float(np.linalg.norm(np.asarray(landmarks[a]) - np.asarray(landmarks[b])))
+    for pair, d in hinge_distances_mm(landmarks).items():
         if not lo <= d <= hi:
-            out.append(f"{a}-{b} distance {d:.1f} mm outside {lo:g}-{hi:g} mm")
-    tilt = tilt_from_axial_deg(normal)
+            out.append(f"{pair} distance {d:.1f} mm outside {lo:g}-{hi:g} mm")
+    tilt = plane_tilt_deg(normal)
     lo, hi = cfg.plane_tilt_deg
     if not lo <= tilt <= hi:
         out.append(f"annulus plane tilt {tilt:.1f} deg outside {lo:g}-{hi:g} deg")

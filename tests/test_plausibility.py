@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from dicomnode.config import PlausibilityConfig
-from dicomnode.plausibility import gate, tilt_from_axial_deg
+from dicomnode.outputs.measurements import plane_tilt_deg
+from dicomnode.plausibility import gate
 
 GOOD = {
     "RCC": np.array([0.0, -12.0, 0.0]),
@@ -18,9 +19,9 @@ CONF = {"RCC": 0.9, "LCC": 0.9, "NCC": 0.9}
 
 
 def test_tilt() -> None:
-    assert abs(tilt_from_axial_deg(np.array([0, 0, 1.0]))) < 1e-9
-    assert abs(tilt_from_axial_deg(TILTED) - 50) < 1e-9
-    assert abs(tilt_from_axial_deg(-TILTED) - 50) < 1e-9
+    assert abs(plane_tilt_deg(np.array([0, 0, 1.0]))) < 1e-9
+    assert abs(plane_tilt_deg(TILTED) - 50) < 1e-9
+    assert abs(plane_tilt_deg(-TILTED) - 50) < 1e-9
 
 
 def test_plausible_prediction_is_ok() -> None:
