@@ -11,21 +11,13 @@ import threading
 from types import TracebackType
 
 from apscheduler.schedulers.background import BackgroundScheduler
-from sqlalchemy import Engine
 
 from dicomnode.assembler import Assembler
 from dicomnode.config import NodeConfig
-from dicomnode.db import migrate
 from dicomnode.db.session import engine_from_config
 from dicomnode.scp import StorageSCP
+from dicomnode.services import ensure_schema, start_background_services
 from dicomnode.worker import Worker
-
-
-def ensure_schema(cfg: NodeConfig, engine: Engine) -> None:
-    """Create the schema in an empty database; refuse an outdated one."""
-    if migrate.current_revision(engine) is None:
-        migrate.upgrade(cfg.database_url)
-    migrate.check_current(engine)
 
 
 class EmbeddedNode:
@@ -40,10 +32,7 @@ class EmbeddedNode:
         self.worker = Worker(cfg, self.engine) if with_worker else None
         self._stop = threading.Event()
         self._worker_thread: threading.Thread | None = None
-        self._scheduler = BackgroundScheduler(timezone="UTC")
-        from dicomnode.delivery import DeliveryService
-
-        self.delivery = DeliveryService(self.engine, cfg)
+        self._scheduler: BackgroundScheduler | None = None
 
     @property
     def port(self) -> int:
@@ -56,8 +45,7 @@ class EmbeddedNode:
             self.worker.load_model()
         self.scp.start()
         self.assembler.start()
-        self.delivery.start(self._scheduler)
-        self._scheduler.start()
+        self._scheduler = start_background_services(self.cfg, self.engine, retention=False)
         if self.worker is not None:
             self._worker_thread = threading.Thread(
                 target=self.worker.run, args=(self._stop,), name="worker", daemon=True
@@ -70,7 +58,7 @@ class EmbeddedNode:
         self._stop.set()
         self.scp.stop(grace_s=2.0)
         self.assembler.stop()
-        if self._scheduler.running:
+        if self._scheduler is not None:
             self._scheduler.shutdown(wait=True)
         if self._worker_thread is not None:
             self._worker_thread.join(timeout=60)

@@ -84,17 +84,14 @@ def serve(ctx: typer.Context) -> None:
     cfg = node_config(ctx)
     _setup_logging(cfg)
     from dicomnode.assembler import Assembler
-    from dicomnode.db import migrate
     from dicomnode.db.session import DatabaseError, engine_from_config
     from dicomnode.scp import StorageSCP
+    from dicomnode.services import ensure_schema, start_background_services
 
     log = logging.getLogger("dicomnode.serve")
     engine = engine_from_config(cfg)
     try:
-        if migrate.current_revision(engine) is None:
-            log.info("empty database: creating the schema")
-            migrate.upgrade(cfg.database_url)
-        migrate.check_current(engine)
+        ensure_schema(cfg, engine)
     except DatabaseError as exc:
         console.print(str(exc), style="bold red", highlight=False, markup=False)
         raise typer.Exit(code=2) from None
@@ -114,7 +111,7 @@ def serve(ctx: typer.Context) -> None:
         console.print(str(exc), style="bold red", highlight=False, markup=False)
         raise typer.Exit(code=1) from None
     assembler.start()
-    scheduler = _background_services(cfg, engine)
+    scheduler = start_background_services(cfg, engine, retention=True)
     _start_metrics(cfg, engine, 0)
     log.info("dicomnode ready (archive %s)", cfg.archive_dir)
     try:
@@ -126,21 +123,6 @@ def serve(ctx: typer.Context) -> None:
         scheduler.shutdown(wait=True)
         engine.dispose()
         log.info("dicomnode stopped")
-
-
-def _background_services(cfg: NodeConfig, engine: Any) -> Any:
-    """Delivery and the retention purge on one background scheduler (started)."""
-    from apscheduler.schedulers.background import BackgroundScheduler
-
-    from dicomnode.delivery import DeliveryService
-    from dicomnode.retention import schedule_purge
-
-    scheduler = BackgroundScheduler(timezone="UTC")
-    DeliveryService(engine, cfg).start(scheduler)
-    if cfg.retention.enabled:
-        schedule_purge(scheduler, engine, cfg.archive_dir, cfg.retention)
-    scheduler.start()
-    return scheduler
 
 
 # --- db --------------------------------------------------------------------------------
@@ -266,7 +248,7 @@ def worker(
     cfg = node_config(ctx)
     _setup_logging(cfg)
     from dicomnode.db.session import DatabaseError, engine_from_config
-    from dicomnode.embedded import ensure_schema
+    from dicomnode.services import ensure_schema
     from dicomnode.worker import Worker
 
     log = logging.getLogger("dicomnode.worker")
