@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,15 +29,11 @@ from pathlib import Path
 
 import yaml
 
+from dicomnode.localpacs import free_port
+
 PY = sys.executable
 SEED = 2024
 DATA_VERSION = "1"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def make_series(workdir: Path, copies: int) -> list[Path]:

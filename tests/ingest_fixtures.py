@@ -11,7 +11,6 @@ import glob
 import itertools
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -32,19 +31,13 @@ from dicomnode.config import NodeConfig
 from dicomnode.db.models import AssociationAudit, Event, Job, Series, utcnow
 from dicomnode.db.session import engine_from_config, make_engine, session_factory
 from dicomnode.ingest import IngestStore, file_header, read_header_file
+from dicomnode.localpacs import free_port
 from dicomnode.scp import StorageSCP
 from glipcore.dicomwrite import SeriesMeta, write_ct_series
 from glipcore.volume import Volume
 
 PG_BIN_GLOB = "/usr/lib/postgresql/15/bin"
 _db_counter = itertools.count()
-
-
-def free_port() -> int:
-    """A TCP port free on loopback right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _pg_bin() -> Path:
