@@ -24,11 +24,11 @@ from sqlalchemy import func, select
 from dicomnode.config import LoggingConfig, NodeConfig
 from dicomnode.db.models import Delivery, DeliveryAttempt, Instance, Job, Result, Series
 from dicomnode.db.session import session_factory
-from dicomnode.demo import DEMO_CALLING_AE, demo_config, send_series, wait_delivered
-from dicomnode.embedded import EmbeddedNode
-from dicomnode.localpacs import start_local_pacs
-from dicomnode.logs import setup_logging
-from dicomnode.worker import default_torch_threads
+from dicomnode.operate.demo import DEMO_CALLING_AE, demo_config, send_series, wait_delivered
+from dicomnode.operate.embedded import EmbeddedNode
+from dicomnode.operate.localpacs import start_local_pacs
+from dicomnode.operate.logs import setup_logging
+from dicomnode.process.worker import default_torch_threads
 from glipcore import phantom
 from glipcore.dicomwrite import SeriesMeta, write_ct_series
 from glipcore.metrics import euclidean_errors

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import yaml
 
-from dicomnode.localpacs import free_port
+from dicomnode.operate.localpacs import free_port
 
 PY = sys.executable
 SEED = 2024

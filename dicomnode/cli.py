@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from dicomnode import admin_cli, demo_cli, node_cli
+from dicomnode.operate import admin_cli, demo_cli, node_cli
 
 app = typer.Typer(
     name="dicomnode",

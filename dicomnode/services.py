@@ -27,8 +27,8 @@ def start_background_services(
 ) -> BackgroundScheduler:
     """Delivery (and, with ``retention``, the scheduled purge when enabled) on one started
     background scheduler."""
-    from dicomnode.delivery import DeliveryService
-    from dicomnode.retention import schedule_purge
+    from dicomnode.deliver.delivery import DeliveryService
+    from dicomnode.operate.retention import schedule_purge
 
     scheduler = BackgroundScheduler(timezone="UTC")
     DeliveryService(engine, cfg).start(scheduler)

@@ -25,14 +25,14 @@ import pytest
 from pydicom.uid import ExplicitVRLittleEndian
 from sqlalchemy import Engine, select, update
 
-from dicomnode.archive import Archive
-from dicomnode.assembler import Assembler
 from dicomnode.config import NodeConfig
 from dicomnode.db.models import AssociationAudit, Event, Job, Series, utcnow
 from dicomnode.db.session import engine_from_config, make_engine, session_factory
-from dicomnode.ingest import IngestStore, file_header, read_header_file
-from dicomnode.localpacs import free_port
-from dicomnode.scp import StorageSCP
+from dicomnode.operate.localpacs import free_port
+from dicomnode.receive.archive import Archive
+from dicomnode.receive.assembler import Assembler
+from dicomnode.receive.ingest import IngestStore, file_header, read_header_file
+from dicomnode.receive.scp import StorageSCP
 from glipcore.dicomwrite import SeriesMeta, write_ct_series
 from glipcore.volume import Volume
 
@@ -258,7 +258,7 @@ def storescu_config(path: Path) -> Path:
     """A storescu association config (profile "CT") proposing CT Image Storage once per
     transfer syntax the node accepts, so that every file goes in its own transfer syntax
     (storescu's built-in profiles would convert most compressed files)."""
-    from dicomnode.scp import TRANSFER_SYNTAXES
+    from dicomnode.receive.series_facts import TRANSFER_SYNTAXES
 
     lines = ["[[TransferSyntaxes]]"]
     for i, ts in enumerate(TRANSFER_SYNTAXES):

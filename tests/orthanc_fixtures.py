@@ -1,10 +1,10 @@
 """A real Orthanc PACS for integration tests: fixture ``orthanc``.
 
-Orthanc (Debian package) runs as a subprocess through :class:`dicomnode.localpacs.OrthancServer`
-(the demo's local PACS): free DICOM and HTTP ports, storage in a temporary folder, HTTP from
-localhost only, any calling AE title allowed, unknown storage SOP classes accepted.
-Its log is printed at teardown, so pytest shows it with a failing test.
-Loaded by ``tests/conftest.py`` (``pytest_plugins``).
+Orthanc (Debian package) runs as a subprocess through
+:class:`dicomnode.operate.localpacs.OrthancServer` (the demo's local PACS): free DICOM and
+HTTP ports, storage in a temporary folder, HTTP from localhost only, any calling AE title
+allowed, unknown storage SOP classes accepted. Its log is printed at teardown, so pytest
+shows it with a failing test. Loaded by ``tests/conftest.py`` (``pytest_plugins``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from dicomnode.localpacs import OrthancServer
+from dicomnode.operate.localpacs import OrthancServer
 
 Orthanc = OrthancServer
 

@@ -1,4 +1,4 @@
-"""Operator queries and actions (dicomnode.admin) on real rows, on SQLite and PostgreSQL."""
+"""Operator queries and actions (dicomnode.operate.admin) on real rows, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -14,8 +14,6 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, select
 
-from dicomnode import admin
-from dicomnode.admin import AdminError
 from dicomnode.config import SHIPPED_BUNDLE, NodeConfig
 from dicomnode.db.models import (
     AssociationAudit,
@@ -29,7 +27,9 @@ from dicomnode.db.models import (
     Study,
 )
 from dicomnode.db.session import session_factory, session_scope
-from dicomnode.lease import LeaseLostError, claim_job, renew
+from dicomnode.operate import admin
+from dicomnode.operate.admin import AdminError
+from dicomnode.process.lease import LeaseLostError, claim_job, renew
 from glipcore.bundle import read_manifest
 
 UID = "1.2.826.0.1.3680043.8.498."

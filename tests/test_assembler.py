@@ -11,14 +11,14 @@ import pytest
 from ingest_fixtures import retag, tiny_volume, write_series
 from sqlalchemy import update
 
-from dicomnode.assembler import (
+from dicomnode.config import NodeConfig
+from dicomnode.db.models import Series, utcnow
+from dicomnode.receive.assembler import (
     InstanceInfo,
     Phase,
     evaluate_series,
     split_phases,
 )
-from dicomnode.config import NodeConfig
-from dicomnode.db.models import Series, utcnow
 from glipcore.dicomwrite import SeriesMeta
 
 CT = "1.2.840.10008.5.1.4.1.1.2"

@@ -49,7 +49,7 @@ from dicomnode.db.models import (
     utcnow,
 )
 from dicomnode.db.session import make_engine, session_factory, session_scope
-from dicomnode.delivery import (
+from dicomnode.deliver.delivery import (
     DeliveryRound,
     DeliveryService,
     backoff_s,

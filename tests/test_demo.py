@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from dicomnode.cli import app
 from dicomnode.config import NodeConfig
-from dicomnode.demo import run_demo
+from dicomnode.operate.demo import run_demo
 
 
 def test_demo_flow_and_status(tmp_path: Path) -> None:

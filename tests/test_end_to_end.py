@@ -20,7 +20,7 @@ from sqlalchemy import select
 from dicomnode.config import NodeConfig
 from dicomnode.db.models import Delivery, Job, Result
 from dicomnode.db.session import session_factory
-from dicomnode.embedded import EmbeddedNode
+from dicomnode.operate.embedded import EmbeddedNode
 from glipcore import phantom
 from glipcore.dicomwrite import SeriesMeta, write_ct_series
 from glipcore.metrics import euclidean_errors

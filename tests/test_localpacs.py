@@ -10,7 +10,7 @@ from pydicom import dcmread
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
-from dicomnode import localpacs
+from dicomnode.operate import localpacs
 from glipcore.dicomwrite import SeriesMeta, write_ct_series
 
 

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 import pytest
 from pydicom import Dataset
 
-from dicomnode import logs
 from dicomnode.config import LoggingConfig
+from dicomnode.operate import logs
 
 NAME = "ZQXWVY^JOHANNA^M"
 PATIENT_ID = "PID-4711-QX"
@@ -127,11 +127,11 @@ def test_levels_of_libraries(capture: io.StringIO) -> None:
     for name in ("pynetdicom", "pynetdicom.assoc", "pydicom", "sqlalchemy.engine"):
         assert not logging.getLogger(name).isEnabledFor(logging.INFO), name
     assert logging.getLogger("apscheduler").isEnabledFor(logging.DEBUG)
-    assert logging.getLogger("dicomnode.scp").isEnabledFor(logging.DEBUG)
+    assert logging.getLogger("dicomnode.receive.scp").isEnabledFor(logging.DEBUG)
     logs.setup_logging(LoggingConfig(level="INFO"), stream=capture)
     assert not logging.getLogger("apscheduler").isEnabledFor(logging.INFO)
-    assert logging.getLogger("dicomnode.scp").isEnabledFor(logging.INFO)
-    assert not logging.getLogger("dicomnode.scp").isEnabledFor(logging.DEBUG)
+    assert logging.getLogger("dicomnode.receive.scp").isEnabledFor(logging.INFO)
+    assert not logging.getLogger("dicomnode.receive.scp").isEnabledFor(logging.DEBUG)
     assert len(logging.getLogger().handlers) == 1  # set up twice: still one handler
 
 

@@ -14,10 +14,10 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine
 
-from dicomnode import metrics
 from dicomnode.config import MetricsConfig
 from dicomnode.db.models import Delivery, Job, Patient, Result, Series, Study, utcnow
 from dicomnode.db.session import make_engine, session_factory
+from dicomnode.operate import metrics
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 

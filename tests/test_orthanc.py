@@ -33,7 +33,7 @@ from test_delivery import (
 )
 
 from dicomnode.config import NodeConfig
-from dicomnode.delivery import DeliveryService, echo
+from dicomnode.deliver.delivery import DeliveryService, echo
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import pytest
 from matplotlib.image import imread
 
 from dicomnode.config import Identity
-from dicomnode.outputs import (
+from dicomnode.process.outputs import (
     KINDS,
     OutputContext,
     OutputError,
@@ -28,8 +28,8 @@ from dicomnode.outputs import (
     hinge_distances_mm,
     plane_tilt_deg,
 )
-from dicomnode.outputs.common import PATIENT_STUDY_KEYWORDS
-from dicomnode.outputs.keyimage import views
+from dicomnode.process.outputs.common import PATIENT_STUDY_KEYWORDS
+from dicomnode.process.outputs.keyimage import views
 from glipcore.dicomwrite import SeriesMeta, write_ct_series
 from glipcore.geometry import make_affine
 from glipcore.phantom import random_case, render, truth_of

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from pydicom.uid import UID
 
 from dicomnode.config import Identity
-from dicomnode.outputs import (
+from dicomnode.process.outputs import (
     CoplanarView,
     OutputContext,
     OutputError,
@@ -24,7 +24,7 @@ from dicomnode.outputs import (
     output_uid,
     plane_tilt_deg,
 )
-from dicomnode.outputs.common import series_description
+from dicomnode.process.outputs.common import series_description
 from glipcore.dicomwrite import SeriesMeta, write_ct_series
 from glipcore.geometry import make_affine
 from glipcore.volume import Volume

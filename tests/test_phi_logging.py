@@ -14,8 +14,8 @@ from sqlalchemy import select
 
 from dicomnode.config import LoggingConfig
 from dicomnode.db.models import Job
-from dicomnode.logs import clear_phi, setup_logging
-from dicomnode.worker import Worker
+from dicomnode.operate.logs import clear_phi, setup_logging
+from dicomnode.process.worker import Worker
 from glipcore import phantom
 from glipcore.dicomwrite import SeriesMeta, write_ct_series
 

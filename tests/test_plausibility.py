@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from dicomnode.config import PlausibilityConfig
-from dicomnode.outputs.measurements import plane_tilt_deg
-from dicomnode.plausibility import gate
+from dicomnode.process.outputs.measurements import plane_tilt_deg
+from dicomnode.process.plausibility import gate
 
 GOOD = {
     "RCC": np.array([0.0, -12.0, 0.0]),

@@ -15,7 +15,7 @@ from dicomnode.config import SHIPPED_BUNDLE, NodeConfig
 from dicomnode.db import migrate
 from dicomnode.db.models import Event, ModelVersion
 from dicomnode.db.session import make_engine, session_factory, session_scope
-from dicomnode.registry import (
+from dicomnode.learn.registry import (
     RegistryError,
     active_model,
     promote,

@@ -26,7 +26,7 @@ from dicomnode.db.models import (
     Study,
 )
 from dicomnode.db.session import session_factory
-from dicomnode.retention import PurgeReport, candidates, purge, schedule_purge
+from dicomnode.operate.retention import PurgeReport, candidates, purge, schedule_purge
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 CFG = RetentionConfig(delivered_days=30)

@@ -219,7 +219,7 @@ def test_tls_echo(node_factory: NodeFactory, tmp_path: Path) -> None:
 def test_enhanced_ct_is_processed(node_factory: NodeFactory, tmp_path: Path) -> None:
     from ingest_fixtures import tiny_volume
 
-    from dicomnode.series import load_job_volume
+    from dicomnode.process.series import load_job_volume
     from glipcore.dicomwrite import write_enhanced_ct
 
     vol = tiny_volume(30)

@@ -12,7 +12,7 @@ import pytest
 from ingest_fixtures import Node, dataset_bytes, storescu_config, tiny_volume, write_series
 
 from dicomnode.db.models import Instance, Series
-from dicomnode.series import load_job_volume
+from dicomnode.process.series import load_job_volume
 from glipcore.volume import Volume, load_dicom_series
 
 NodeFactory = Callable[..., Node]

@@ -11,7 +11,7 @@ import pytest
 from ingest_fixtures import retag, write_series
 
 from dicomnode.db.models import Job
-from dicomnode.series import SeriesLoadError, job_files, load_job_volume
+from dicomnode.process.series import SeriesLoadError, job_files, load_job_volume
 from glipcore.volume import load_dicom_series
 
 

@@ -13,8 +13,8 @@ from pydicom import dcmread
 from sqlalchemy import select
 
 from dicomnode.db.models import Delivery, Event, Job, Result, utcnow
-from dicomnode.lease import claim_job
-from dicomnode.worker import Worker
+from dicomnode.process.lease import claim_job
+from dicomnode.process.worker import Worker
 from glipcore import phantom
 from glipcore.dicomwrite import SeriesMeta, write_ct_series
 from glipcore.metrics import euclidean_errors
@@ -95,7 +95,7 @@ def test_reprocessing_gives_the_same_uids(
     with rig.sessions() as s:
         first = s.scalars(select(Result)).one().outputs
         job = s.scalars(select(Job)).one()
-    from dicomnode.admin import retry_job
+    from dicomnode.operate.admin import retry_job
 
     retry_job(rig.engine, job.id)
     assert w.process_one() is not None
@@ -204,10 +204,10 @@ def test_worker_switches_to_a_promoted_model(
     import json
     import shutil
 
-    from dicomnode.admin import retry_job
     from dicomnode.config import SHIPPED_BUNDLE
     from dicomnode.db.session import session_factory, session_scope
-    from dicomnode.registry import promote, register_bundle
+    from dicomnode.learn.registry import promote, register_bundle
+    from dicomnode.operate.admin import retry_job
 
     files, _ = fast_case
     rig = _queued(rig_factory, files)

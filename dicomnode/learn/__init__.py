@@ -1,0 +1,1 @@
+"""Learn: the model registry (versions, promotion); annotations and retraining."""

@@ -1,0 +1,1 @@
+"""Operate: the commands, admin queries and screens, retention, metrics, logs and the demo."""

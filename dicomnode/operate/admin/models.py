@@ -1,0 +1,86 @@
+"""Model listing: registered versions, the configuration bundle and the version in use."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine
+
+from dicomnode.config import NodeConfig
+from dicomnode.db.session import session_factory
+from dicomnode.learn.registry import known_versions
+
+
+@dataclass(frozen=True)
+class ModelRow:
+    """A registered model version."""
+
+    version: str
+    name: str
+    active: bool
+    trained_on_phantom: bool
+    path: str
+    sha256: str
+    metrics: dict[str, Any] | None
+    created_at: datetime
+    promoted_at: datetime | None
+
+
+@dataclass(frozen=True)
+class ConfigBundle:
+    """The configuration's model bundle (used while no version is active)."""
+
+    path: str
+    version: str | None
+    registered: bool
+    error: str | None
+
+
+@dataclass(frozen=True)
+class ModelList:
+    """Registered versions, the configuration default and the version in use."""
+
+    versions: list[ModelRow]
+    config_default: ConfigBundle
+    in_use: str | None
+
+
+def list_models(engine: Engine, cfg: NodeConfig) -> ModelList:
+    """Registered model versions (oldest first), the configuration's bundle and the version
+    in use (the active one, else the configuration's). Reads bundle.json only."""
+    from glipcore.bundle import BundleError, read_manifest
+
+    with session_factory(engine)() as s:
+        versions = [
+            ModelRow(
+                version=m.version,
+                name=m.name,
+                active=m.active,
+                trained_on_phantom=m.trained_on_phantom,
+                path=m.path,
+                sha256=m.sha256,
+                metrics=m.metrics,
+                created_at=m.created_at,
+                promoted_at=m.promoted_at,
+            )
+            for m in known_versions(s)
+        ]
+    version: str | None = None
+    error: str | None = None
+    try:
+        version = read_manifest(cfg.bundle_path)[1]
+    except BundleError as exc:
+        error = str(exc).splitlines()[0]
+    active = next((v.version for v in versions if v.active), None)
+    return ModelList(
+        versions=versions,
+        config_default=ConfigBundle(
+            path=str(cfg.bundle_path),
+            version=version,
+            registered=any(v.version == version for v in versions),
+            error=error,
+        ),
+        in_use=active or version,
+    )

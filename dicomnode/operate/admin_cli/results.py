@@ -1,0 +1,55 @@
+"""``dicomnode results export``: the latest result of every study as CSV."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dicomnode.operate import admin
+from dicomnode.operate.admin_cli.database import node_db
+from dicomnode.operate.admin_cli.errors import CliError
+from dicomnode.operate.admin_cli.format import err_console
+from dicomnode.operate.admin_cli.help import RESULTS_HELP
+
+results_app = typer.Typer(help=RESULTS_HELP, no_args_is_help=True)
+
+
+@results_app.command("export")
+def results_export(
+    ctx: typer.Context,
+    csv_format: Annotated[
+        bool, typer.Option("--csv", help="CSV, one row per study (the only format).")
+    ] = True,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", "-o", help="Write to this file (default: standard output).", dir_okay=False
+        ),
+    ] = None,
+) -> None:
+    """Export the latest result of every study as CSV, for researchers.
+
+    Columns: study_instance_uid, accession_number, study_date, series_instance_uid,
+    result_id, result_created_at, status (ok, flagged, withheld), model_version,
+    trained_on_phantom; RCC_x..NCC_z (patient LPS mm); plane_origin_x.._z and
+    plane_normal_x.._z; every measurement present (e.g. coplanar angles, in degrees);
+    confidence_RCC..NCC; flags joined by "; "."""
+    with node_db(ctx) as (_cfg, engine):
+        if out is not None and not out.parent.is_dir():
+            raise CliError(
+                f"cannot write {out}: the folder {out.parent} does not exist",
+                "create the folder, or give another --out",
+            )
+        if out is None:
+            n = admin.export_results_csv(engine, sys.stdout)
+        else:
+            tmp = out.with_name(out.name + ".tmp")
+            with open(tmp, "w", newline="", encoding="utf-8") as f:
+                n = admin.export_results_csv(engine, f)
+            os.replace(tmp, out)
+    where = f" to {out}" if out is not None else ""
+    err_console.print(f"{n} stud{'y' if n == 1 else 'ies'} exported{where}", soft_wrap=True)

@@ -1,0 +1,142 @@
+"""``dicomnode demo``: run the end-to-end demo and print its result table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from dicomnode.config import NodeConfig
+from dicomnode.operate.demo import DEFAULT_SEED, DemoError, DemoResult, run_demo
+from dicomnode.operate.node_cli import node_config
+
+out = Console()
+err = Console(stderr=True, log_path=False)
+
+
+def demo(
+    ctx: typer.Context,
+    workdir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder for the phantom CT and the local PACS (default: a new temp folder)."
+        ),
+    ] = None,
+    seed: Annotated[
+        int, typer.Option(help="Phantom cohort seed (the case is index 0).")
+    ] = DEFAULT_SEED,
+    orthanc: Annotated[
+        bool,
+        typer.Option(
+            help="Use Orthanc as the local PACS when installed (else a built-in storage SCP)."
+        ),
+    ] = True,
+) -> None:
+    """End-to-end demo: phantom CT in, hinge points out, results in a local PACS.
+
+    Generates a phantom pre-TAVR CT, sends it to the node by C-STORE, lets the worker find
+    the hinge points, delivers SR / SEG / key images to a local PACS (Orthanc when
+    installed) and compares with the phantom's ground truth.
+
+    The node uses your configuration (default: the embedded one: SQLite and archive under
+    ./var, the shipped phantom model) with a free port and the local PACS as its only
+    destination, so `dicomnode status` shows the study afterwards.
+    """
+    cfg = node_config(ctx)
+    _log_to_file(cfg, workdir)
+    with err.status("starting", spinner="dots") as status:
+
+        def progress(msg: str) -> None:
+            status.update(msg)
+            if not msg.startswith(("job ", "delivering", "waiting")):
+                err.log(msg)
+
+        try:
+            r = run_demo(cfg, workdir=workdir, seed=seed, prefer_orthanc=orthanc, progress=progress)
+        except DemoError as exc:
+            err.print(f"[bold red]demo failed:[/] {exc}")
+            raise typer.Exit(code=1) from None
+        except Exception as exc:  # one readable line unless --debug
+            if (ctx.find_root().obj or {}).get("debug"):
+                raise
+            err.print(f"[bold red]demo failed:[/] {type(exc).__name__}: {exc}")
+            err.print(f"hint: the node's log is {cfg.var_dir / 'demo.log'}; --debug shows more")
+            raise typer.Exit(code=1) from None
+    print_result(r)
+
+
+def _log_to_file(cfg: NodeConfig, workdir: Path | None) -> None:
+    """The node's log goes to var_dir/demo.log so the console shows only the demo."""
+    import logging
+
+    from dicomnode.operate.logs import setup_logging
+
+    cfg.var_dir.mkdir(parents=True, exist_ok=True)
+    path = cfg.var_dir / "demo.log"
+    setup_logging(cfg.logging, stream=path.open("a", encoding="utf-8"))
+    logging.getLogger("dicomnode.operate.demo").info(
+        "demo started (workdir %s)", workdir or "temporary"
+    )
+    err.log(f"node log: {path}")
+
+
+def _fmt(p: object) -> str:
+    x, y, z = (float(v) for v in p)  # type: ignore[attr-defined]
+    return f"{x:6.1f} {y:6.1f} {z:6.1f}"
+
+
+def print_result(r: DemoResult) -> None:
+    """The result table, the measurements and where the files are."""
+    from dicomnode.process.outputs.measurements import CoplanarView
+
+    res = r.result
+    t = Table(title="Hinge points, patient LPS mm (phantom truth known)", box=box.SIMPLE_HEAD)
+    for col in ("hinge", "predicted", "truth", "error mm", "confidence"):
+        right = col in ("error mm", "confidence")
+        t.add_column(col, justify="right" if right else "left", no_wrap=True)
+    conf = res.get("confidence") or {}
+    for i, name in enumerate(r.names):
+        t.add_row(
+            name,
+            _fmt(r.predicted[i]),
+            _fmt(r.truth[i]),
+            f"{r.errors_mm[i]:.2f}",
+            f"{float(conf.get(name, float('nan'))):.2f}",
+        )
+    out.print(t)
+    m = res.get("measurements") or {}
+    out.print(f"annulus plane vs truth: {r.plane_angle_deg:.2f} deg")
+    if "coplanar_lao_deg" in m and "coplanar_cranial_deg" in m:
+        view = CoplanarView(float(m["coplanar_lao_deg"]), float(m["coplanar_cranial_deg"]))
+        out.print(f"coplanar C-arm view: {view.label(degree_sign=False)}")
+    if "plane_tilt_deg" in m:
+        out.print(f"annulus plane tilt from axial: {float(m['plane_tilt_deg']):.1f} deg")
+    dists = {k: v for k, v in m.items() if k.startswith("hinge_distance_")}
+    if dists:
+        pretty = ", ".join(
+            f"{k.removeprefix('hinge_distance_').removesuffix('_mm').upper().replace('_', '-')} "
+            f"{float(v):.1f}"
+            for k, v in sorted(dists.items())
+        )
+        out.print(f"inter-hinge distances (mm): {pretty}")
+    flags = "; ".join(res.get("flags") or [])
+    out.print(f"result status: [bold]{res.get('status')}[/]" + (f" ({flags})" if flags else ""))
+    timings = res.get("timings") or {}
+    out.print(
+        "worker seconds: " + ", ".join(f"{k} {float(v):.2f}" for k, v in timings.items()),
+        soft_wrap=True,
+    )
+    out.print(
+        "demo seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in r.stage_s.items()), soft_wrap=True
+    )
+    out.print(f"local PACS ({r.pacs_kind}) received {len(r.delivered)} result objects")
+    if r.sr_path:
+        out.print(f"SR (try dsrdump): {r.sr_path}", soft_wrap=True)
+    for p in r.pngs:
+        out.print(f"key image: {p}", soft_wrap=True)
+    out.print(f"phantom CT and PACS storage: {r.workdir}", soft_wrap=True)
+    out.print("next: `dicomnode status`, `dicomnode results export --csv`")

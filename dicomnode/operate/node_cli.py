@@ -1,0 +1,315 @@
+"""``dicomnode`` commands of the ingest side: serve, db upgrade/downgrade/current,
+config check, and the global ``--config`` option (registered in :mod:`dicomnode.cli`)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Annotated, Any
+
+import typer
+import yaml
+from rich.console import Console
+
+from dicomnode.config import CONFIG_ENV, ConfigError, NodeConfig, load_config
+
+console = Console(stderr=True)
+
+DEBUG_ENV = "DICOMNODE_DEBUG"
+"""Environment variable that turns on --debug."""
+
+db_app = typer.Typer(help="Database schema (alembic migrations in db/migrations).")
+config_app = typer.Typer(help="Node configuration.")
+
+
+def main_options(
+    ctx: typer.Context,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            help=f"YAML configuration file (default: ${CONFIG_ENV}, else built-in defaults). "
+            "Environment variables DICOMNODE_<SECTION>__<KEY> override it.",
+            envvar=CONFIG_ENV,
+            dir_okay=False,
+        ),
+    ] = None,
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug",
+            help="Show the full traceback of errors instead of one line and a hint.",
+            envvar=DEBUG_ENV,
+        ),
+    ] = False,
+) -> None:
+    """glip-node DICOM service. Research use only."""
+    ctx.obj = {"config": config, "debug": debug}
+
+
+def node_config(ctx: typer.Context) -> NodeConfig:
+    """The configuration of this invocation; exits with status 2 on a config error."""
+    obj = ctx.find_root().obj or {}
+    try:
+        return load_config(obj.get("config"))
+    except ConfigError as exc:
+        console.print(str(exc), style="bold red", highlight=False, markup=False)
+        raise typer.Exit(code=2) from None
+
+
+def _setup_logging(cfg: NodeConfig) -> None:
+    """Text or JSON logs to stderr, with the PHI scrubber (dicomnode.operate.logs)."""
+    from dicomnode.operate.logs import setup_logging
+
+    setup_logging(cfg.logging)
+
+
+# --- serve -------------------------------------------------------------------------
+
+
+def serve(ctx: typer.Context) -> None:
+    """Receive, assemble and deliver: SCP, assembler, delivery and retention purge.
+
+    Runs until SIGTERM or SIGINT. Jobs are processed by `dicomnode worker` (one or more,
+    separate processes).
+
+    An empty database is migrated on first start; an outdated one must be upgraded with
+    `dicomnode db upgrade`.
+    """
+    cfg = node_config(ctx)
+    _setup_logging(cfg)
+    from dicomnode.db.session import DatabaseError, engine_from_config
+    from dicomnode.receive.assembler import Assembler
+    from dicomnode.receive.scp import StorageSCP
+    from dicomnode.services import ensure_schema, start_background_services
+
+    log = logging.getLogger("dicomnode.serve")
+    engine = engine_from_config(cfg)
+    try:
+        ensure_schema(cfg, engine)
+    except DatabaseError as exc:
+        console.print(str(exc), style="bold red", highlight=False, markup=False)
+        raise typer.Exit(code=2) from None
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("%s received: shutting down", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    scp = StorageSCP(cfg, engine)
+    assembler = Assembler(cfg, engine)
+    try:
+        scp.start()
+    except OSError as exc:
+        console.print(str(exc), style="bold red", highlight=False, markup=False)
+        raise typer.Exit(code=1) from None
+    assembler.start()
+    scheduler = start_background_services(cfg, engine, retention=True)
+    _start_metrics(cfg, engine, 0)
+    log.info("dicomnode ready (archive %s)", cfg.archive_dir)
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        scp.stop()
+        assembler.stop()
+        scheduler.shutdown(wait=True)
+        engine.dispose()
+        log.info("dicomnode stopped")
+
+
+# --- db --------------------------------------------------------------------------------
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    ctx: typer.Context,
+    revision: Annotated[str, typer.Option(help="Target revision.")] = "head",
+    url: Annotated[str | None, typer.Option(help="Database URL (default: config).")] = None,
+) -> None:
+    """Upgrade (or create) the database schema."""
+    from dicomnode.db import migrate
+
+    target = url or node_config(ctx).database_url
+    migrate.upgrade(target, revision)
+    console.print(f"database upgraded to {revision}")
+
+
+@db_app.command("downgrade")
+def db_downgrade(
+    ctx: typer.Context,
+    revision: Annotated[str, typer.Argument(help="Target revision ('base' drops all).")],
+    url: Annotated[str | None, typer.Option(help="Database URL (default: config).")] = None,
+) -> None:
+    """Downgrade the database schema."""
+    from dicomnode.db import migrate
+
+    target = url or node_config(ctx).database_url
+    migrate.downgrade(target, revision)
+    console.print(f"database downgraded to {revision}")
+
+
+@db_app.command("current")
+def db_current(
+    ctx: typer.Context,
+    url: Annotated[str | None, typer.Option(help="Database URL (default: config).")] = None,
+) -> None:
+    """Print the database's schema revision and the newest one."""
+    from dicomnode.db import migrate
+    from dicomnode.db.session import make_engine
+
+    engine = make_engine(url or node_config(ctx).database_url)
+    try:
+        cur = migrate.current_revision(engine)
+    finally:
+        engine.dispose()
+    typer.echo(f"current: {cur or '(empty)'}  head: {migrate.head_revision()}")
+
+
+# --- config ---------------------------------------------------------------------------
+
+
+def config_warnings(cfg: NodeConfig) -> list[str]:
+    """Settings that are valid but risky."""
+    out = []
+    net = cfg.network
+    if cfg.access.accept_any:
+        out.append("access.accept_any is true: any calling AE title may store into the node")
+    elif not cfg.access.allowed:
+        out.append("access.allowed is empty: every association will be refused")
+    if net.bind_address not in ("127.0.0.1", "::1", "localhost") and not net.tls.enabled:
+        out.append(f"listening on {net.bind_address} without TLS")
+    if not cfg.archive.fsync:
+        out.append("archive.fsync is false: acknowledged instances can be lost on power failure")
+    if cfg.model.bundle is not None and not cfg.model.bundle.exists():
+        out.append(f"model.bundle {cfg.model.bundle} does not exist")
+    for name in ("cert_file", "key_file", "ca_file"):
+        p = getattr(net.tls, name)
+        if net.tls.enabled and p is not None and not p.exists():
+            out.append(f"network.tls.{name} {p} does not exist")
+    return out
+
+
+def _plain(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+@config_app.command("check")
+def config_check(
+    ctx: typer.Context,
+    show: Annotated[bool, typer.Option(help="Print the effective configuration.")] = True,
+) -> None:
+    """Validate the configuration (defaults < file < environment) and print it."""
+    cfg = node_config(ctx)
+    if show:
+        typer.echo(yaml.safe_dump(_plain(cfg.model_dump(mode="json")), sort_keys=False).rstrip())
+        typer.echo(f"# archive: {cfg.archive_dir}\n# database: {cfg.database_url}")
+    for w in config_warnings(cfg):
+        console.print(f"[yellow]warning:[/] {w}")
+    console.print("[green]configuration OK[/]")
+
+
+# --- worker ----------------------------------------------------------------------------
+
+
+def worker(
+    ctx: typer.Context,
+    index: Annotated[
+        int,
+        typer.Option(
+            "--index",
+            "-i",
+            help="Worker index on this host (the systemd instance): names the worker and "
+            "offsets its metrics port (metrics.port + 1 + index).",
+            min=0,
+        ),
+    ] = 0,
+    once: Annotated[
+        bool, typer.Option(help="Process the jobs queued now, then exit (for cron or tests).")
+    ] = False,
+) -> None:
+    """Process jobs: find the hinge points, write SR / SEG / key images, queue delivery.
+
+    A worker claims queued jobs with a lease (renewed by heartbeats; a dead worker's job is
+    taken over by another one when its lease expires).
+
+    The model bundle is loaded once: the active model version in the database
+    (`dicomnode models promote`), else model.bundle, else the shipped phantom model.
+    Device: worker.device (auto = CUDA when present). Several workers, on one host or many
+    sharing a PostgreSQL database, never take the same job.
+    """
+    cfg = node_config(ctx)
+    _setup_logging(cfg)
+    from dicomnode.db.session import DatabaseError, engine_from_config
+    from dicomnode.process.worker import Worker
+    from dicomnode.services import ensure_schema
+
+    log = logging.getLogger("dicomnode.process.worker")
+    engine = engine_from_config(cfg)
+    try:
+        ensure_schema(cfg, engine)
+    except DatabaseError as exc:
+        console.print(str(exc), style="bold red", highlight=False, markup=False)
+        raise typer.Exit(code=2) from None
+    _start_metrics(cfg, engine, 1 + index)
+    w = Worker(cfg, engine, index=index)
+    try:
+        version = w.load_model()
+    except Exception as exc:  # bundle missing, tampered or incompatible
+        console.print(
+            f"cannot load the model: {exc}", style="bold red", highlight=False, markup=False
+        )
+        raise typer.Exit(code=2) from None
+    log.info("worker %s ready with model %s", w.worker_id, version)
+    if once:
+        n = 0
+        while w.process_one() is not None:
+            n += 1
+        log.info("processed %d jobs", n)
+        engine.dispose()
+        return
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info(
+            "%s received: finishing the current job, then stopping", signal.Signals(signum).name
+        )
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        w.run(stop)
+    finally:
+        engine.dispose()
+        log.info("worker stopped")
+
+
+def _start_metrics(cfg: NodeConfig, engine: Any, offset: int) -> None:
+    if not cfg.metrics.enabled:
+        return
+    from dicomnode.operate import metrics
+
+    port = metrics.start_metrics_server(cfg.metrics, offset=offset, engine=engine)
+    logging.getLogger("dicomnode.operate.metrics").info("metrics on port %d", port)
+
+
+# --- retrain ---------------------------------------------------------------------------
+
+
+def retrain(ctx: typer.Context) -> None:
+    """Retrain from annotated archived studies (not built yet: a no-op that succeeds).
+
+    The systemd timer can be installed now. Train by hand with `glip train`."""
+    cfg = node_config(ctx)
+    _setup_logging(cfg)
+    logging.getLogger("dicomnode.retrain").info(
+        "retraining is not built yet; nothing to do (see `glip train --help`)"
+    )

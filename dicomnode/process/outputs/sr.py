@@ -1,0 +1,192 @@
+"""Comprehensive 3D SR (TID 1500 Measurement Report) of the hinge points and annulus plane.
+
+Content tree (highdicom builds the templates):
+
+- Imaging Measurement Report (TID 1500): language, device observer (the model), procedure
+- Imaging Measurements
+  - one Planar ROI group (TID 1410) per hinge point RCC, LCC, NCC: tracking identifier
+    (shared with the SEG segment), SCOORD3D POINT in the CT's Frame of Reference, finding
+    type "Aortic valve hinge point", finding site aortic valve with the cusp's sinus as
+    modifier, TID 4019 algorithm identification, "Certainty of Finding" = confidence
+  - one Planar ROI group for the annulus plane: closed SCOORD3D POLYGON RCC -> LCC -> NCC
+    -> RCC, the three inter-hinge distances (mm), the plane's tilt from axial (deg) and
+    the coplanar C-arm view as Positioner Primary (+LAO) / Secondary (+cranial) Angle (deg)
+- Qualitative Evaluations: TEXT items "research use only", "phantom-trained model" (when
+  so), the coplanar view in words, and each plausibility warning
+
+SCOORD3D Graphic Data is FL (32-bit float) in DICOM: coordinates read back equal the
+inputs rounded to float32 (within 4e-6 mm at 100 mm).
+"""
+
+from __future__ import annotations
+
+import highdicom as hd
+import numpy as np
+import pydicom
+from pydicom.sr.codedict import codes
+
+from dicomnode.process.outputs import codes as c
+from dicomnode.process.outputs.common import (
+    PHANTOM_TRAINED,
+    RESEARCH_USE_ONLY,
+    SERIES_NUMBERS,
+    mark_node_output,
+    series_description,
+    software_versions,
+)
+from dicomnode.process.outputs.context import LANDMARK_NAMES, OutputContext
+from dicomnode.process.outputs.measurements import coplanar_view, hinge_distances_mm, plane_tilt_deg
+from dicomnode.process.outputs.uids import instance_uid, output_uid, series_uid
+
+KIND = "sr"
+
+
+def tracking_uid(ctx: OutputContext, name: str) -> str:
+    """Tracking UID of a hinge point (or "annulus"): the same in SR and SEG."""
+    return output_uid(ctx.identity.uid_root, ctx.series_uid, ctx.model_version, "tracking", name)
+
+
+def algorithm(ctx: OutputContext) -> hd.sr.AlgorithmIdentification:
+    """TID 4019 Algorithm Identification of the model."""
+    return hd.sr.AlgorithmIdentification(
+        name=ctx.model_name,
+        version=ctx.model_version,
+        family=codes.cid7162.ArtificialIntelligence,
+        manufacturer=ctx.identity.manufacturer,
+    )
+
+
+def _hinge_group(
+    ctx: OutputContext, name: str
+) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+    point = ctx.landmarks_lps[name].reshape(1, 3)
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=tracking_uid(ctx, name), identifier=f"{name} hinge point"
+        ),
+        referenced_region=hd.sr.ImageRegion3D(
+            graphic_type=hd.sr.GraphicTypeValues3D.POINT,
+            graphic_data=point,
+            frame_of_reference_uid=ctx.frame_of_reference_uid,
+        ),
+        finding_type=c.HINGE_POINT,
+        algorithm_id=algorithm(ctx),
+        finding_sites=[
+            hd.sr.FindingSite(
+                anatomic_location=c.AORTIC_VALVE, topographical_modifier=c.SINUS[name]
+            )
+        ],
+        measurements=[
+            hd.sr.Measurement(name=c.CERTAINTY, value=ctx.confidence[name], unit=c.NO_UNITS)
+        ],
+    )
+
+
+def _annulus_group(ctx: OutputContext) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+    pts = ctx.points()
+    polygon = np.vstack([pts, pts[:1]])
+    view = coplanar_view(ctx.plane_normal)
+    values = [
+        *((c.DISTANCE[k], v, c.MM) for k, v in hinge_distances_mm(ctx.landmarks_lps).items()),
+        (c.TILT, plane_tilt_deg(ctx.plane_normal), c.DEG),
+        (c.PRIMARY_ANGLE, view.lao_deg, c.DEG),
+        (c.SECONDARY_ANGLE, view.cranial_deg, c.DEG),
+    ]
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=tracking_uid(ctx, "annulus"), identifier="Annulus plane"
+        ),
+        referenced_region=hd.sr.ImageRegion3D(
+            graphic_type=hd.sr.GraphicTypeValues3D.POLYGON,
+            graphic_data=polygon,
+            frame_of_reference_uid=ctx.frame_of_reference_uid,
+        ),
+        finding_type=c.AORTIC_RING,
+        algorithm_id=algorithm(ctx),
+        finding_sites=[hd.sr.FindingSite(anatomic_location=c.AORTIC_VALVE)],
+        measurements=[
+            hd.sr.Measurement(name=name, value=float(value), unit=unit)
+            for name, value, unit in values
+        ],
+    )
+
+
+def notes(ctx: OutputContext) -> list[str]:
+    """The free-text notes of a result: research use, phantom training, coplanar view."""
+    out = [RESEARCH_USE_ONLY]
+    if ctx.trained_on_phantom:
+        out.append(PHANTOM_TRAINED)
+    view = coplanar_view(ctx.plane_normal)
+    out.append(f"Coplanar annulus view: {view.label(degree_sign=False)}")
+    out.append(f"Model: {ctx.model_name} {ctx.model_version}")
+    return out
+
+
+def _qualitative_container(ctx: OutputContext) -> hd.sr.ContainerContentItem:
+    container = hd.sr.ContainerContentItem(
+        name=c.QUALITATIVE_EVALUATIONS,
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+    )
+    items = [
+        hd.sr.TextContentItem(
+            name=c.COMMENT, value=text, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+        )
+        for text in notes(ctx)
+    ]
+    items += [
+        hd.sr.TextContentItem(
+            name=c.WARNING, value=text, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+        )
+        for text in ctx.warnings
+    ]
+    container.ContentSequence = hd.sr.ContentSequence(items)
+    return container
+
+
+def _report(ctx: OutputContext) -> hd.sr.MeasurementReport:
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.cid270.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=output_uid(
+                ctx.identity.uid_root, "device", ctx.model_version, "device", ctx.model_name
+            ),
+            name=ctx.model_name[:64],
+            manufacturer_name=ctx.identity.manufacturer,
+            model_name=ctx.model_version[:64],
+        ),
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        procedure_reported=codes.cid100.CTUnspecifiedBodyRegion,
+        imaging_measurements=[
+            *(_hinge_group(ctx, name) for name in LANDMARK_NAMES),
+            _annulus_group(ctx),
+        ],
+    )
+    report[0].ContentSequence.append(_qualitative_container(ctx))
+    return report
+
+
+def build_sr(ctx: OutputContext) -> pydicom.Dataset:
+    """The Comprehensive 3D SR of one result (see the module docstring)."""
+    root, version = ctx.identity.uid_root, ctx.model_version
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=list(ctx.source),
+        content=_report(ctx)[0],
+        series_instance_uid=series_uid(root, ctx.series_uid, version, KIND),
+        series_number=SERIES_NUMBERS[KIND],
+        sop_instance_uid=instance_uid(root, ctx.series_uid, version, KIND, "report"),
+        instance_number=1,
+        manufacturer=ctx.identity.manufacturer,
+        is_complete=True,
+        is_final=False,
+        series_description=series_description(ctx, KIND),
+        manufacturer_model_name=ctx.model_name[:64],
+        software_versions=software_versions(ctx),
+        coding_schemes=[c.local_coding_scheme()],
+    )
+    mark_node_output(sr, ctx, KIND)
+    return sr
+
+
+__all__ = ["algorithm", "build_sr", "notes", "tracking_uid"]

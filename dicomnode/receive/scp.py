@@ -1,0 +1,413 @@
+"""The node's DICOM front door: C-ECHO and C-STORE (pynetdicom), allow-list, TLS,
+disk watermark, and one audit row per association.
+
+The C-STORE handler never decodes pixels: it reads the few header attributes the
+database needs from the raw encoded data set, writes preamble + file meta + the data set
+bytes exactly as received to the archive (fsync, atomic rename), records the instance,
+and only then answers Success.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import logging
+import socket
+import ssl
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from pynetdicom import AE, _config, evt
+from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.events import Event
+from sqlalchemy import Engine, insert, update
+from sqlalchemy.exc import SQLAlchemyError
+
+from dicomnode.config import NodeConfig
+from dicomnode.db.models import AssociationAudit, utcnow
+from dicomnode.operate import metrics
+from dicomnode.receive.archive import Archive
+from dicomnode.receive.ingest import HeaderError, IngestStore, file_header, read_header
+from dicomnode.receive.netfast import NodeServer
+from dicomnode.receive.series_facts import (
+    ARCHIVE_ONLY_CLASSES,
+    PROCESSED_CLASSES,
+    TRANSFER_SYNTAXES,
+)
+
+log = logging.getLogger(__name__)
+
+STATUS_SUCCESS = 0x0000
+STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_MISMATCH = 0xA900
+STATUS_CANNOT_UNDERSTAND = 0xC000
+STATUS_PROCESSING_FAILURE = 0x0110
+
+
+@dataclass
+class AssocStats:
+    """What one association did (the audit row's numbers)."""
+
+    calling_ae: str
+    called_ae: str
+    peer_host: str
+    peer_port: int
+    tls: bool
+    started: float = field(default_factory=time.monotonic)
+    started_at: datetime = field(default_factory=utcnow)
+    audit_id: int | None = None
+    requests: int = 0
+    stored: int = 0
+    duplicates: int = 0
+    failures: int = 0
+    bytes_received: int = 0
+    refused_disk: int = 0
+
+
+def _norm_addr(addr: str) -> str:
+    try:
+        ip = ipaddress.ip_address(addr.split("%")[0])
+    except ValueError:
+        return addr
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)
+
+
+def _resolve(host: str) -> set[str]:
+    try:
+        return {_norm_addr(str(ai[4][0])) for ai in socket.getaddrinfo(host, None)}
+    except OSError:
+        log.warning("allowed caller host %r does not resolve; it will match nobody", host)
+        return set()
+
+
+def build_ssl_context(cfg: NodeConfig) -> ssl.SSLContext | None:
+    """The server TLS context from the config (None when TLS is off)."""
+    tls = cfg.network.tls
+    if not tls.enabled:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    assert tls.cert_file is not None and tls.key_file is not None  # validated by config
+    ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+    if tls.ca_file is not None:
+        ctx.load_verify_locations(cafile=str(tls.ca_file))
+        ctx.verify_mode = ssl.CERT_REQUIRED if tls.require_client_cert else ssl.CERT_OPTIONAL
+    else:
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+class StorageSCP:
+    """The node's SCP. ``start()`` listens in a background thread; ``stop()`` ends it."""
+
+    def __init__(self, cfg: NodeConfig, engine: Engine, archive: Archive | None = None) -> None:
+        self.cfg = cfg
+        self.engine = engine
+        self.archive = archive or Archive.from_config(cfg.archive_dir, cfg.archive)
+        self.store = self._make_store()
+        self._stats: dict[int, AssocStats] = {}
+        self._stats_lock = threading.Lock()
+        self._hosts: dict[str, set[str]] = {}
+        self._server: NodeServer | None = None
+        self._thread: threading.Thread | None = None
+        self.ae = self._make_ae()
+
+    # --- set-up ---------------------------------------------------------------
+
+    def _make_store(self) -> IngestStore:
+        return IngestStore(
+            self.engine,
+            self.archive,
+            self.cfg.archive.duplicate_policy,
+            writers=self.cfg.network.max_associations,
+        )
+
+    def _make_ae(self) -> AE:
+        net = self.cfg.network
+        _config.LOG_HANDLER_LEVEL = "none"  # pynetdicom's per-message logging: off
+        ae = AE(ae_title=self.cfg.ae_title)
+        ae.maximum_associations = net.max_associations
+        ae.maximum_pdu_size = net.max_pdu_bytes
+        ae.acse_timeout = net.acse_timeout_s
+        ae.dimse_timeout = net.dimse_timeout_s
+        ae.network_timeout = net.network_timeout_s
+        ae.require_called_aet = True
+        ae.add_supported_context("1.2.840.10008.1.1")  # Verification
+        for uid in PROCESSED_CLASSES + ARCHIVE_ONLY_CLASSES:
+            ae.add_supported_context(uid, TRANSFER_SYNTAXES)
+        return ae
+
+    @property
+    def port(self) -> int:
+        """The TCP port listened on (useful when configured as 0)."""
+        if self._server is None:
+            raise RuntimeError("the SCP is not started")
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        """Bind and serve in a background thread."""
+        if self._server is not None:
+            raise RuntimeError("the SCP is already started")
+        self._hosts = {
+            a.host: _resolve(a.host) for a in self.cfg.access.allowed if a.host is not None
+        }
+        self.archive.clean_incoming()
+        if self.store.closed:
+            self.store = self._make_store()
+        handlers: list[Any] = [
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_ACCEPTED, self._on_accepted),
+            (evt.EVT_REJECTED, self._on_rejected),
+            (evt.EVT_RELEASED, self._on_end, ["released"]),
+            (evt.EVT_ABORTED, self._on_end, ["aborted"]),
+        ]
+        net = self.cfg.network
+        try:
+            self._server = NodeServer(
+                self.ae,
+                (net.bind_address, net.port),
+                self.cfg.ae_title,
+                self.ae.supported_contexts,
+                ssl_context=build_ssl_context(self.cfg),
+                evt_handlers=handlers,
+                admit=self.admit,
+                store_handler=self.handle_store,
+            )
+        except OSError as exc:
+            raise OSError(
+                exc.errno, f"cannot listen on {net.bind_address}:{net.port}: {exc.strerror}"
+            ) from exc
+        self.ae._servers.append(self._server)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True
+        )
+        self._thread.name = "dicomnode-scp"
+        self._thread.start()
+        log.info(
+            "SCP %s listening on %s:%d%s",
+            self.cfg.ae_title,
+            net.bind_address,
+            self.port,
+            " (TLS)" if net.tls.enabled else "",
+        )
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        """Stop accepting, let running associations finish for ``grace_s``, abort the rest."""
+        server = self._server
+        if server is None:
+            return
+        server.shutdown()
+        deadline = time.monotonic() + grace_s
+        while self.ae.active_associations and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for assoc in self.ae.active_associations:
+            assoc.abort()
+        server.server_close()
+        self.store.close()
+        if server in self.ae._servers:
+            self.ae._servers.remove(server)
+        self._server = None
+        log.info("SCP stopped")
+
+    # --- access -----------------------------------------------------------------
+
+    def admit(self, calling_ae: str, peer: str) -> str | None:
+        """None when ``calling_ae`` from ``peer`` may associate, else the reason it may not."""
+        access = self.cfg.access
+        if access.accept_any:
+            return None
+        if not access.allowed:
+            return "no calling AE title is allowed (access.allowed is empty)"
+        peer = _norm_addr(peer)
+        known = False
+        for a in access.allowed:
+            if a.ae_title != calling_ae:
+                continue
+            known = True
+            if a.host is None or peer in self._hosts.get(a.host, set()):
+                return None
+        if known:
+            return f"calling AE title {calling_ae!r} is not allowed from {peer}"
+        return f"calling AE title {calling_ae!r} is not in access.allowed"
+
+    # --- audit --------------------------------------------------------------------
+
+    def _new_stats(self, a: Association) -> AssocStats:
+        return AssocStats(
+            calling_ae=str(a.requestor.ae_title or "").strip()[:16],
+            called_ae=str(a.acceptor.ae_title or "").strip()[:16],
+            peer_host=str(a.requestor.address)[:255],
+            peer_port=int(a.requestor.port),
+            tls=self.cfg.network.tls.enabled,
+        )
+
+    def _stats_for(self, assoc: Association) -> AssocStats:
+        key = id(assoc)
+        with self._stats_lock:
+            st = self._stats.get(key)
+            if st is None:
+                st = self._stats[key] = self._new_stats(assoc)
+        return st
+
+    def _on_accepted(self, event: Event) -> None:
+        st = self._stats_for(event.assoc)
+        try:
+            with self.engine.begin() as conn:
+                st.audit_id = conn.execute(
+                    insert(AssociationAudit)
+                    .values(
+                        calling_ae=st.calling_ae,
+                        called_ae=st.called_ae,
+                        peer_host=st.peer_host,
+                        peer_port=st.peer_port,
+                        tls=st.tls,
+                        started_at=st.started_at,
+                        outcome="open",
+                        requests=0,
+                        stored=0,
+                        duplicates=0,
+                        failures=0,
+                        bytes_received=0,
+                    )
+                    .returning(AssociationAudit.id)
+                ).scalar_one()
+        except SQLAlchemyError as exc:
+            log.error("cannot write the association audit row: %s", exc)
+        log.info("association from %s@%s accepted", st.calling_ae, st.peer_host)
+
+    def _on_rejected(self, event: Event) -> None:
+        reason = getattr(event.assoc, "reject_reason", None) or (
+            "rejected during negotiation (called AE title, association limit or protocol)"
+        )
+        self._finish(event, "rejected", reason)
+
+    def _on_end(self, event: Event, outcome: str) -> None:
+        self._finish(event, outcome, None)
+
+    def _finish(self, event: Event, outcome: str, reason: str | None) -> None:
+        with self._stats_lock:  # one audit row per association: the first ending event wins
+            st = self._stats.pop(id(event.assoc), None)
+            if st is None:
+                if outcome != "rejected":
+                    return  # already finished
+                st = self._new_stats(event.assoc)
+        if st.refused_disk and reason is None:
+            reason = f"{st.refused_disk} instances refused: free disk below archive.min_free"
+        duration = time.monotonic() - st.started
+        values = {
+            "ended_at": utcnow(),
+            "duration_s": round(duration, 6),
+            "outcome": outcome,
+            "reason": reason,
+            "requests": st.requests,
+            "stored": st.stored,
+            "duplicates": st.duplicates,
+            "failures": st.failures,
+            "bytes_received": st.bytes_received,
+        }
+        try:
+            with self.engine.begin() as conn:
+                if st.audit_id is None:
+                    conn.execute(
+                        insert(AssociationAudit).values(
+                            calling_ae=st.calling_ae,
+                            called_ae=st.called_ae,
+                            peer_host=st.peer_host,
+                            peer_port=st.peer_port,
+                            tls=st.tls,
+                            started_at=st.started_at,
+                            **values,
+                        )
+                    )
+                else:
+                    conn.execute(
+                        update(AssociationAudit)
+                        .where(AssociationAudit.id == st.audit_id)
+                        .values(**values)
+                    )
+        except SQLAlchemyError as exc:
+            log.error("cannot write the association audit row: %s", exc)
+        metrics.associations_total.labels(outcome=outcome).inc()
+        if outcome == "rejected":
+            return
+        mb = st.bytes_received / 1e6
+        log.info(
+            "association from %s@%s %s: %d requests (%d stored, %d duplicates, %d failed), "
+            "%.1f MB in %.2f s",
+            st.calling_ae,
+            st.peer_host,
+            outcome,
+            st.requests,
+            st.stored,
+            st.duplicates,
+            st.failures,
+            mb,
+            duration,
+        )
+
+    # --- services -------------------------------------------------------------------
+
+    def _on_echo(self, event: Event) -> int:
+        return STATUS_SUCCESS
+
+    def _on_store(self, event: Event) -> int:
+        """EVT_C_STORE binding (used when the fast path is not)."""
+        req = event.request
+        assert isinstance(req, C_STORE)
+        return self.handle_store(event.assoc, req, str(event.context.transfer_syntax))
+
+    def handle_store(self, assoc: Association, req: C_STORE, ts: str) -> int:
+        """Store one instance; the DIMSE status to answer."""
+        st = self._stats_for(assoc)
+        st.requests += 1
+        raw = req.DataSet
+        if raw is None:
+            st.failures += 1
+            return STATUS_CANNOT_UNDERSTAND
+        raw.seek(0, 2)
+        nbytes = raw.tell()
+        raw.seek(0)
+        st.bytes_received += nbytes
+        if not self.archive.space().allows(nbytes):
+            st.refused_disk += 1
+            st.failures += 1
+            log.warning("refusing an instance: free disk below archive.min_free (0xA700)")
+            return STATUS_OUT_OF_RESOURCES
+        try:
+            facts = read_header(raw, ts)
+        except HeaderError as exc:
+            st.failures += 1
+            log.warning("refusing an instance from %s: %s", st.calling_ae, exc)
+            return STATUS_CANNOT_UNDERSTAND
+        if facts.sop_instance_uid != str(req.AffectedSOPInstanceUID):
+            st.failures += 1
+            log.warning("refusing an instance: SOP Instance UID differs from the request's")
+            return STATUS_MISMATCH
+        meta = file_header(facts.sop_class_uid, facts.sop_instance_uid, ts, st.calling_ae)
+        try:
+            with raw.getbuffer() as body:
+                outcome = self.store.store(facts, (meta, body), ts, st.audit_id)
+        except OSError as exc:
+            st.failures += 1
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                log.error("archive full while storing an instance (0xA700)")
+                return STATUS_OUT_OF_RESOURCES
+            log.error("cannot archive an instance: %s", exc)
+            return STATUS_PROCESSING_FAILURE
+        except SQLAlchemyError as exc:
+            st.failures += 1
+            log.error("cannot record an instance in the database: %s", exc)
+            return STATUS_PROCESSING_FAILURE
+        if outcome == "duplicate":
+            st.duplicates += 1
+        else:
+            st.stored += 1
+        metrics.instances_received_total.inc()
+        metrics.bytes_received_total.inc(nbytes)
+        return STATUS_SUCCESS
