@@ -36,7 +36,9 @@ from glipcore.decode import DEFAULT_REFINE, REFINE_METHODS, RefineMethod, argmax
 from glipcore.geometry import FloatArray, ijk_to_lps, zyx_to_ijk
 from glipcore.manifest import ManifestRow, read_manifest
 from glipcore.predict import decode_ensemble, infer_heatmaps, set_threads
-from glipcore.volume import Volume, load_volume, to_model_grid
+from glipcore.preprocess import to_model_grid
+from glipcore.volume import Volume
+from glipcore.volume_io import load_volume
 
 SECOND_PEAK_EXCLUDE_VOX = 3
 """Local maxima closer than this (Chebyshev, voxels) to the main peak are its own."""

@@ -33,7 +33,7 @@ from glipcore import phantom
 from glipcore.dicomwrite import SeriesMeta, write_ct_series
 from glipcore.metrics import euclidean_errors
 from glipcore.predict import Predictor
-from glipcore.volume import load_volume
+from glipcore.volume_io import load_volume
 
 GOAL_S = 20.0
 QUIET_S = 2.0

@@ -3,7 +3,9 @@ sent by dcmtk's storescu to
 
   (a) dcmtk storescp (TCP_NODELAY=1 in its environment),
   (b) pynetdicom's storescp app (``python -m pynetdicom storescp``, default settings),
-  (c) ``dicomnode serve`` with fsync on, then with fsync off,
+  (c) ``dicomnode serve`` with fsync on, then with fsync off (netfast acceptor),
+  (s) ``dicomnode serve`` with fsync on on pynetdicom's stock acceptor
+      (``DICOMNODE_ACCEPTOR=stock``): what netfast is worth,
 
 and then by 4 storescu processes at once (4 different copies of the series) into (c).
 Every receiver writes the files to disk. storescu runs with TCP_NODELAY=1 for every
@@ -58,7 +60,7 @@ def wait_echo(port: int, aet: str, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         r = subprocess.run(
-            ["echoscu", "-aet", "STORESCU", "-aec", aet, "127.0.0.1", str(port)],
+            ["/usr/bin/echoscu", "-aet", "STORESCU", "-aec", aet, "127.0.0.1", str(port)],
             capture_output=True,
         )
         if r.returncode == 0:
@@ -87,7 +89,7 @@ def process(cmd: list[str], env: dict[str, str] | None = None) -> Iterator[subpr
 def send(port: int, aet: str, series: list[Path]) -> float:
     """Seconds for len(series) storescu processes sending at once (one series each)."""
     env = {**os.environ, "TCP_NODELAY": "1"}
-    cmd = ["storescu", "+sd", "-aet", "STORESCU", "-aec", aet, "127.0.0.1", str(port)]
+    cmd = ["/usr/bin/storescu", "+sd", "-aet", "STORESCU", "-aec", aet, "127.0.0.1", str(port)]
     t0 = time.perf_counter()
     procs = [
         subprocess.Popen([*cmd, str(d)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -117,7 +119,8 @@ def _files(d: Path) -> int:
 
 def dcmtk(out: Path, port: int) -> tuple[list[str], dict[str, str]]:
     out.mkdir(parents=True)
-    return ["storescp", "-aet", "STORESCP", "-od", str(out), str(port)], {"TCP_NODELAY": "1"}
+    cmd = ["/usr/bin/storescp", "-aet", "STORESCP", "-od", str(out), str(port)]
+    return cmd, {"TCP_NODELAY": "1"}
 
 
 def pynetdicom_app(out: Path, port: int) -> tuple[list[str], dict[str, str]]:
@@ -125,7 +128,9 @@ def pynetdicom_app(out: Path, port: int) -> tuple[list[str], dict[str, str]]:
     return [PY, "-m", "pynetdicom", "storescp", str(port), "-aet", "STORESCP", "-od", str(out)], {}
 
 
-def dicomnode(fsync: bool) -> Callable[[Path, int], tuple[list[str], dict[str, str]]]:
+def dicomnode(
+    fsync: bool, acceptor: str = "netfast"
+) -> Callable[[Path, int], tuple[list[str], dict[str, str]]]:
     def start(out: Path, port: int) -> tuple[list[str], dict[str, str]]:
         out.mkdir(parents=True)
         cfg = {
@@ -137,7 +142,9 @@ def dicomnode(fsync: bool) -> Callable[[Path, int], tuple[list[str], dict[str, s
         }
         path = out / "node.yaml"
         path.write_text(yaml.safe_dump(cfg))
-        return [PY, "-m", "dicomnode", "--config", str(path), "serve"], {}
+        return [PY, "-m", "dicomnode", "--config", str(path), "serve"], {
+            "DICOMNODE_ACCEPTOR": acceptor
+        }
 
     return start
 
@@ -176,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     args = ap.parse_args(argv)
     for tool in ("storescu", "storescp", "echoscu"):
-        if shutil.which(tool) is None:
+        if shutil.which(f"/usr/bin/{tool}") is None:
             print(f"{tool} not found: install dcmtk (scripts/setup.sh)", file=sys.stderr)
             return 2
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -193,6 +200,12 @@ def main(argv: list[str] | None = None) -> int:
         "b": Receiver("(b) pynetdicom storescp", pynetdicom_app, "STORESCP", _files),
         "c": Receiver("(c) dicomnode fsync on", dicomnode(True), "GLIPNODE", _node_count),
         "c0": Receiver("(c) dicomnode fsync off", dicomnode(False), "GLIPNODE", _node_count),
+        "s": Receiver(
+            "(s) dicomnode stock acceptor, fsync on",
+            dicomnode(True, "stock"),
+            "GLIPNODE",
+            _node_count,
+        ),
     }
     secs = {k: measure(r, one, args.workdir, args.repeat) for k, r in receivers.items()}
     multi_rec = Receiver(f"(c) dicomnode fsync on, {len(series)} senders", dicomnode(True),
@@ -206,9 +219,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{multi_rec.name:40s} {multi:8.3f} {len(series) * mb / multi:8.1f} "
           f"{len(series) * n / multi:8.1f}")  # fmt: skip
     print()
-    for k in ("c", "c0"):
-        label = "fsync on " if k == "c" else "fsync off"
-        print(f"{label}: c/b = {secs['b'] / secs[k]:.2f}x   c/a = {secs['a'] / secs[k]:.2f}x")
+    for k, label in (("c", "fsync on, netfast"), ("c0", "fsync off, netfast"),
+                     ("s", "fsync on, stock pynetdicom acceptor")):  # fmt: skip
+        print(f"{label:36s}: c/b = {secs['b'] / secs[k]:.2f}x   "
+              f"c/a = {secs['a'] / secs[k]:.2f}x")  # fmt: skip
     print("targets: c/b >= 1.5x with fsync on; stretch c/a >= 0.5x "
           "(ratios are throughput ratios: time of the peer / time of c)")  # fmt: skip
     return 0

@@ -32,7 +32,8 @@ from glipcore import phantom
 from glipcore.geometry import FloatArray
 from glipcore.metrics import euclidean_errors
 from glipcore.predict import DEFAULT_HALO_Z, DEFAULT_SLAB_Z, Predictor
-from glipcore.volume import Volume, to_model_grid
+from glipcore.preprocess import to_model_grid
+from glipcore.volume import Volume
 
 BUDGET_GIB = 24.0
 NO_SLAB_Z = 1_000_000

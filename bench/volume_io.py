@@ -10,9 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
+from glipcore.dicom_loader import load_dicom_series
 from glipcore.dicomwrite import SeriesMeta, write_ct_series
 from glipcore.geometry import make_affine
-from glipcore.volume import Volume, load_dicom_series, to_model_grid
+from glipcore.preprocess import to_model_grid
+from glipcore.volume import Volume
 
 
 def main() -> None:

@@ -150,13 +150,9 @@ class ArchiveConfig(_Section):
     @field_validator("min_free", mode="before")
     @classmethod
     def _min_free(cls, v: Any) -> str:
-        if isinstance(v, bool):
+        if isinstance(v, bool) or not isinstance(v, str | int | float):
             raise ValueError("min_free is a size such as 2GiB or 500000000, or a percent like 5%")
-        if isinstance(v, int | float):
-            v = str(v)
-        if not isinstance(v, str):
-            raise ValueError("min_free is a size such as 2GiB or 500000000, or a percent like 5%")
-        s = v.strip()
+        s = str(v).strip()
         if s.endswith("%"):
             try:
                 pct = float(s[:-1])
@@ -177,7 +173,8 @@ class ArchiveConfig(_Section):
         if s.endswith("%"):
             return int(total_bytes * float(s[:-1]) / 100.0)
         m = _SIZE_RE.match(s)
-        assert m is not None  # validated
+        if m is None:  # the validator accepts nothing else; guards model_construct()
+            raise ValueError(f"archive.min_free {self.min_free!r} is not a size or a percent")
         unit = (m.group(2) or "B").upper()
         return int(float(m.group(1)) * _UNITS[unit])
 

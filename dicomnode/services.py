@@ -1,15 +1,25 @@
 """Start-up pieces shared by `dicomnode serve`, `dicomnode worker` and the embedded node:
-the schema check and the background scheduler (delivery, retention purge)."""
+the database with its schema check, receiving (SCP + assembler) and the background
+scheduler (delivery, retention purge).
+
+This is the only module that imports the SCP; it does so when receiving starts, so the
+commands that do not receive (worker, status, config check) never load it.
+"""
 
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import Engine
 
 from dicomnode.config import NodeConfig
 from dicomnode.db import migrate
+
+if TYPE_CHECKING:
+    from dicomnode.receive.assembler import Assembler
+    from dicomnode.receive.scp import StorageSCP
 
 log = logging.getLogger(__name__)
 
@@ -22,12 +32,58 @@ def ensure_schema(cfg: NodeConfig, engine: Engine) -> None:
     migrate.check_current(engine)
 
 
+def open_engine(cfg: NodeConfig) -> Engine:
+    """The configured database's engine, its schema created or checked (an outdated schema
+    raises :class:`dicomnode.db.session.DatabaseError`)."""
+    from dicomnode.db.session import engine_from_config
+
+    engine = engine_from_config(cfg)
+    try:
+        ensure_schema(cfg, engine)
+    except BaseException:
+        engine.dispose()
+        raise
+    return engine
+
+
+class Receiving:
+    """The started SCP and assembler of one node; :meth:`stop` ends both."""
+
+    def __init__(self, scp: StorageSCP, assembler: Assembler) -> None:
+        self.scp = scp
+        self.assembler = assembler
+
+    @property
+    def port(self) -> int:
+        """The SCP's listening port (useful when network.port is 0)."""
+        return self.scp.port
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        """Stop accepting (associations get ``grace_s`` to finish), then the sweeps."""
+        self.scp.stop(grace_s=grace_s)
+        self.assembler.stop()
+
+
+def start_receiving(cfg: NodeConfig, engine: Engine) -> Receiving:
+    """Listen for C-STORE and start the assembler's completeness sweep.
+
+    A port that cannot be bound raises OSError before the assembler starts."""
+    from dicomnode.receive.assembler import Assembler
+    from dicomnode.receive.scp import StorageSCP
+
+    scp = StorageSCP(cfg, engine)
+    assembler = Assembler(cfg, engine)
+    scp.start()
+    assembler.start()
+    return Receiving(scp, assembler)
+
+
 def start_background_services(
     cfg: NodeConfig, engine: Engine, *, retention: bool
 ) -> BackgroundScheduler:
     """Delivery (and, with ``retention``, the scheduled purge when enabled) on one started
     background scheduler."""
-    from dicomnode.deliver.delivery import DeliveryService
+    from dicomnode.deliver.service import DeliveryService
     from dicomnode.operate.retention import schedule_purge
 
     scheduler = BackgroundScheduler(timezone="UTC")

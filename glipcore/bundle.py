@@ -18,14 +18,18 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 import glipcore
-from glipcore.unet import UNet3D, UNetConfig, build_unet
-from glipcore.volume import Preprocessing
+from glipcore.preprocess import Preprocessing
+from glipcore.unet_config import UNetConfig
+
+if TYPE_CHECKING:  # torch is imported by save_bundle / load_bundle only: reading a
+    import torch  # manifest (read_manifest) stays light for the node's commands
+
+    from glipcore.unet import UNet3D
 
 BUNDLE_FORMAT = 1
 MANIFEST_NAME = "bundle.json"
@@ -104,6 +108,8 @@ def save_bundle(
     fp16: bool = True,
 ) -> Path:
     """Write a bundle directory (replacing an existing one) and return its path."""
+    import torch
+
     if not fold_states:
         raise ValueError("a bundle needs at least one fold's weights")
     out = Path(out_dir)
@@ -173,6 +179,10 @@ def read_manifest(path: Path) -> tuple[BundleManifest, str]:
 
 def load_bundle(path: Path) -> Bundle:
     """Load and verify a bundle: schema, checksums, and that the weights fit the model."""
+    import torch
+
+    from glipcore.unet import build_unet
+
     path = Path(path)
     manifest, version = read_manifest(path)
     models = []

@@ -26,7 +26,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from glipcore.geometry import FloatArray, lps_to_ijk
 from glipcore.heatmap import gaussian_heatmaps
 from glipcore.manifest import ManifestRow
-from glipcore.volume import Preprocessing, Volume, load_volume, to_model_grid
+from glipcore.preprocess import Preprocessing, to_model_grid
+from glipcore.volume import Volume
+from glipcore.volume_io import load_volume
 
 
 @dataclass(frozen=True)

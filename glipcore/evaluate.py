@@ -30,8 +30,9 @@ from glipcore.metrics import (
     summarize,
 )
 from glipcore.predict import Predictor
+from glipcore.preprocess import to_model_grid
 from glipcore.train import naive_predict
-from glipcore.volume import load_volume, to_model_grid
+from glipcore.volume_io import load_volume
 
 METHODS = ("model", "argmax", "naive")
 METHOD_LABELS = {

@@ -98,7 +98,8 @@ def predict(
     """
     from glipcore.bundle import BundleError
     from glipcore.predict import Predictor
-    from glipcore.volume import VolumeError, load_volume
+    from glipcore.volume import VolumeError
+    from glipcore.volume_io import load_volume
 
     try:
         predictor = Predictor(model, threads=threads or None)

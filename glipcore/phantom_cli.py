@@ -79,7 +79,7 @@ def make_case(job: Job) -> dict[str, Any]:
     """Render, write and (optionally) preview one case; returns its truth.json entry."""
     from glipcore import phantom
     from glipcore.dicomwrite import SeriesMeta, write_ct_series
-    from glipcore.volume import save_nifti
+    from glipcore.volume_io import save_nifti
 
     t0 = time.perf_counter()
     cid = phantom.case_id(job.seed, job.index)

@@ -22,8 +22,9 @@ from torch import nn
 from glipcore.bundle import Bundle, load_bundle
 from glipcore.decode import argmax_ijk, peak_coherence, peak_sharpness, refine_ijk
 from glipcore.geometry import FloatArray, Plane, ijk_to_lps, plane_through
+from glipcore.preprocess import to_model_grid
 from glipcore.unet import crop_pads, pad_to_multiple, required_multiple
-from glipcore.volume import Volume, to_model_grid
+from glipcore.volume import Volume
 
 DEFAULT_SLAB_Z = 96
 """Model-grid slices per inference slab (before the halo): about 150 mm of z."""

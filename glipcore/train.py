@@ -43,8 +43,9 @@ from glipcore.losses import make_loss
 from glipcore.manifest import read_manifest
 from glipcore.metrics import euclidean_errors
 from glipcore.predict import decode_ensemble, infer_heatmaps, pick_device, set_threads
+from glipcore.preprocess import Preprocessing, to_model_grid
 from glipcore.unet import UNetConfig, build_unet
-from glipcore.volume import Preprocessing, Volume, to_model_grid
+from glipcore.volume import Volume
 
 # ---------------------------------------------------------------------------- config
 

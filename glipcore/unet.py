@@ -13,15 +13,14 @@ Spatial sizes must be multiples of 2^(levels - 1); :func:`pad_to_multiple` and
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
-NormKind = Literal["batch", "instance", "group", "none"]
-UpsampleKind = Literal["trilinear", "nearest"]
+from glipcore.unet_config import NormKind, UNetConfig, UpsampleKind
+
 Pads = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
 """(before, after) padding of the Z, Y and X axes."""
 
@@ -159,33 +158,6 @@ class UNet3D(nn.Module):
             x = self.decoders[lv](torch.cat([skips[lv], x], dim=1))
         out: torch.Tensor = self.head(x)
         return out
-
-
-class UNetConfig(BaseModel):
-    """Serialisable U-Net settings (``model_dump()`` -> dict, ``UNetConfig(**d)`` back)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    in_channels: int = Field(1, ge=1)
-    out_channels: int = Field(3, ge=1)
-    widths: tuple[int, ...] = (16, 32, 64, 128)
-    norm: NormKind = "batch"
-    upsample: UpsampleKind = "trilinear"
-
-    @field_validator("widths")
-    @classmethod
-    def _positive(cls, v: tuple[int, ...]) -> tuple[int, ...]:
-        if not v or any(w < 1 for w in v):
-            raise ValueError("widths must be a non-empty tuple of positive ints")
-        return v
-
-    @property
-    def levels(self) -> int:
-        return len(self.widths)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready dict (widths as a list)."""
-        return self.model_dump(mode="json")
 
 
 def build_unet(cfg: UNetConfig | dict[str, Any] | None = None) -> UNet3D:

@@ -12,8 +12,9 @@ TORCH_VERSION=${GLIP_TORCH_VERSION:-2.13.0}
 # libgdcm-tools (gdcmconv for JPEG 2000 test data), orthanc (a real PACS for the
 # integration tests and the demo), postgresql (the multi-host database), systemd
 # (systemd-analyze and systemd-sysusers check the unit files in systemd/).
+# dcmtk is probed by path: the venv's bin/ holds pynetdicom's own storescu/storescp/echoscu.
 DEB_PACKAGES=(dcmtk dicom3tools libgdcm-tools orthanc systemd postgresql)
-DEB_PROBES=(storescp dciodvfy gdcmconv /usr/sbin/Orthanc systemd-analyze
+DEB_PROBES=(/usr/bin/storescp dciodvfy gdcmconv /usr/sbin/Orthanc systemd-analyze
   /usr/lib/postgresql/*/bin/initdb)
 
 log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }

@@ -31,7 +31,9 @@ from dicomnode.db.session import engine_from_config, make_engine, session_factor
 from dicomnode.operate.localpacs import free_port
 from dicomnode.receive.archive import Archive
 from dicomnode.receive.assembler import Assembler
-from dicomnode.receive.ingest import IngestStore, file_header, read_header_file
+from dicomnode.receive.filemeta import file_header
+from dicomnode.receive.headers import read_header_file
+from dicomnode.receive.ingest import IngestStore
 from dicomnode.receive.scp import StorageSCP
 from glipcore.dicomwrite import SeriesMeta, write_ct_series
 from glipcore.volume import Volume
@@ -334,13 +336,13 @@ class Node:
         self, files: list[Path], aet: str = "STORESCU", *extra: str
     ) -> subprocess.CompletedProcess[str]:
         """Send ``files`` with dcmtk's storescu (verbose, so statuses are in the output)."""
-        cmd = ["storescu", "-v", "-aet", aet, "-aec", self.cfg.ae_title, *extra]
+        cmd = ["/usr/bin/storescu", "-v", "-aet", aet, "-aec", self.cfg.ae_title, *extra]
         cmd += ["127.0.0.1", str(self.port), *map(str, files)]
         env = {**os.environ, "TCP_NODELAY": "1"}  # dcmtk: no Nagle delay per small PDU
         return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
 
     def echoscu(self, aet: str = "ECHOSCU", *extra: str) -> subprocess.CompletedProcess[str]:
-        cmd = ["echoscu", "-v", "-aet", aet, "-aec", self.cfg.ae_title, *extra]
+        cmd = ["/usr/bin/echoscu", "-v", "-aet", aet, "-aec", self.cfg.ae_title, *extra]
         cmd += ["127.0.0.1", str(self.port)]
         return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
 

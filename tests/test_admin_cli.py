@@ -238,7 +238,7 @@ def test_echo(cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     ]
     cfg = write_config(tmp_path, destinations=dests, delivery={"connect_timeout_s": 3})
     scp = subprocess.Popen(
-        ["storescp", "-aet", "PACSAE", "-od", str(tmp_path), str(port)],
+        ["/usr/bin/storescp", "-aet", "PACSAE", "-od", str(tmp_path), str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

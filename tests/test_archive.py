@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from dicomnode.receive.archive import Archive, safe_name
-from dicomnode.receive.ingest import file_header
+from dicomnode.receive.filemeta import file_header
 
 
 def test_uid_layout(tmp_path: Path) -> None:

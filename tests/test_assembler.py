@@ -13,12 +13,8 @@ from sqlalchemy import update
 
 from dicomnode.config import NodeConfig
 from dicomnode.db.models import Series, utcnow
-from dicomnode.receive.assembler import (
-    InstanceInfo,
-    Phase,
-    evaluate_series,
-    split_phases,
-)
+from dicomnode.receive.phases import InstanceInfo, Phase, split_phases
+from dicomnode.receive.selection import evaluate_series
 from glipcore.dicomwrite import SeriesMeta
 
 CT = "1.2.840.10008.5.1.4.1.1.2"

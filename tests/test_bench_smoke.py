@@ -13,8 +13,10 @@ from glipcore.bundle import save_bundle
 from glipcore.decode import REFINE_METHODS
 from glipcore.geometry import ijk_to_lps, make_affine
 from glipcore.manifest import ManifestRow, write_manifest
+from glipcore.preprocess import Preprocessing
 from glipcore.unet import UNetConfig, build_unet
-from glipcore.volume import Preprocessing, Volume, save_nifti
+from glipcore.volume import Volume
+from glipcore.volume_io import save_nifti
 from tests.toy_cases import toy_hu_volume
 
 CFG = UNetConfig(widths=(4, 8))

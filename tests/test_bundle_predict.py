@@ -11,8 +11,8 @@ import torch
 
 from glipcore.bundle import BundleError, load_bundle, save_bundle
 from glipcore.predict import Predictor, infer_heatmaps
+from glipcore.preprocess import Preprocessing
 from glipcore.unet import UNetConfig, build_unet
-from glipcore.volume import Preprocessing
 from tests.toy_cases import toy_hu_volume
 
 CFG = UNetConfig(widths=(4, 8, 16))

@@ -8,7 +8,7 @@ import torch
 
 from glipcore.dataset import Augment, CropConfig, make_sample
 from glipcore.geometry import lps_to_ijk
-from glipcore.volume import Preprocessing
+from glipcore.preprocess import Preprocessing
 from tests.toy_cases import BLOB_HU, toy_cases
 
 CROP = CropConfig(size_zyx=(24, 32, 32), margin_vox=4)

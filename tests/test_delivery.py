@@ -49,14 +49,10 @@ from dicomnode.db.models import (
     utcnow,
 )
 from dicomnode.db.session import make_engine, session_factory, session_scope
-from dicomnode.deliver.delivery import (
-    DeliveryRound,
-    DeliveryService,
-    backoff_s,
-    classify_status,
-    echo,
-    plan_deliveries,
-)
+from dicomnode.deliver.plan import plan_deliveries
+from dicomnode.deliver.policy import backoff_s, classify_status
+from dicomnode.deliver.scu import echo
+from dicomnode.deliver.service import DeliveryRound, DeliveryService
 
 PATIENT_NAME = "PHANTOM^DELIVERYTEST"
 PATIENT_ID = "PID-DELIVERY-4711"

@@ -75,7 +75,7 @@ def test_full_size_series_to_orthanc(tmp_path: Path, orthanc: Any) -> None:
     with EmbeddedNode(cfg) as node:
         r = subprocess.run(
             [
-                "storescu",
+                "/usr/bin/storescu",
                 "-aet",
                 "STORESCU",
                 "-aec",

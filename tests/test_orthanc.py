@@ -33,7 +33,8 @@ from test_delivery import (
 )
 
 from dicomnode.config import NodeConfig
-from dicomnode.deliver.delivery import DeliveryService, echo
+from dicomnode.deliver.scu import echo
+from dicomnode.deliver.service import DeliveryService
 
 
 @pytest.fixture

@@ -20,7 +20,8 @@ from glipcore.phantom import (
     voxel_width,
 )
 from glipcore.phantom.shapes import Ball
-from glipcore.volume import Preprocessing, Volume, model_grid, to_model_grid
+from glipcore.preprocess import Preprocessing, model_grid, to_model_grid
+from glipcore.volume import Volume
 
 SEED = 31
 

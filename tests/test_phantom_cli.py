@@ -14,7 +14,8 @@ from glipcore.geometry import make_affine
 from glipcore.manifest import read_manifest, read_manifest_header
 from glipcore.phantom import GENERATOR_VERSION, generate
 from glipcore.preview import PlaneView, sample_plane, save_preview
-from glipcore.volume import Volume, load_volume
+from glipcore.volume import Volume
+from glipcore.volume_io import load_volume
 
 runner = CliRunner()
 

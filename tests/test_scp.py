@@ -219,7 +219,7 @@ def test_tls_echo(node_factory: NodeFactory, tmp_path: Path) -> None:
 def test_enhanced_ct_is_processed(node_factory: NodeFactory, tmp_path: Path) -> None:
     from ingest_fixtures import tiny_volume
 
-    from dicomnode.process.series import load_job_volume
+    from dicomnode.process.series import job_files, volume_of_files
     from glipcore.dicomwrite import write_enhanced_ct
 
     vol = tiny_volume(30)
@@ -232,7 +232,7 @@ def test_enhanced_ct_is_processed(node_factory: NodeFactory, tmp_path: Path) -> 
     assert inst.slice_positions is not None and len(inst.slice_positions) == vol.shape_zyx[0]
     (series,) = node.rows(Series)
     assert series.decision_reason == "selected: 24 slices, 1 mm, z-coverage 23.0 mm"
-    loaded = load_job_volume(node.engine, node.cfg.archive_dir, job.id)
+    loaded = volume_of_files(job_files(node.engine, node.cfg.archive_dir, job.id))
     import numpy as np
 
     np.testing.assert_array_equal(loaded.array, vol.array)
@@ -279,7 +279,7 @@ def test_serve_runs_until_sigterm(migrated_url: str, tmp_path: Path) -> None:
         text=True,
     )
     try:
-        echo = ["echoscu", "-aet", "ECHOSCU", "-aec", "GLIPNODE", "127.0.0.1", str(port)]
+        echo = ["/usr/bin/echoscu", "-aet", "ECHOSCU", "-aec", "GLIPNODE", "127.0.0.1", str(port)]
         ok = wait_for(lambda: subprocess.run(echo, capture_output=True).returncode == 0, 30)
         assert ok, "serve did not answer C-ECHO"
         t0 = time.monotonic()
@@ -291,3 +291,35 @@ def test_serve_runs_until_sigterm(migrated_url: str, tmp_path: Path) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_stock_acceptor_stores_and_keeps_the_allow_list(
+    node_factory: NodeFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DICOMNODE_ACCEPTOR", "stock")  # pynetdicom's own acceptor (bench.ingest)
+    node = node_factory()
+    files = write_series(tmp_path / "s", seed=4, case_id="stock")
+    assert node.storescu(files).returncode == 0
+    assert node.storescu(files[:2]).returncode == 0
+    intruder = node.echoscu("INTRUDER")
+    assert "Calling AE Title Not Recognized" in intruder.stdout + intruder.stderr
+    archive = node.cfg.archive_dir
+    inst = node.rows(Instance)
+    assert {dataset_bytes(archive / i.path) for i in inst} == {dataset_bytes(f) for f in files}
+    audits = node.audits(3)
+    assert [(a.outcome, a.stored, a.duplicates) for a in audits] == [
+        ("released", len(files), 0),
+        ("released", 0, 2),
+        ("rejected", 0, 0),
+    ]
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_unknown_acceptor_choice_is_refused(
+    node_factory: NodeFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DICOMNODE_ACCEPTOR", "fastest")
+    node = node_factory(start=False)
+    with pytest.raises(ValueError, match="DICOMNODE_ACCEPTOR must be 'netfast' or 'stock'"):
+        node.start()

@@ -12,8 +12,9 @@ import pytest
 from ingest_fixtures import Node, dataset_bytes, storescu_config, tiny_volume, write_series
 
 from dicomnode.db.models import Instance, Series
-from dicomnode.process.series import load_job_volume
-from glipcore.volume import Volume, load_dicom_series
+from dicomnode.process.series import job_files, volume_of_files
+from glipcore.dicom_loader import load_dicom_series
+from glipcore.volume import Volume
 
 NodeFactory = Callable[..., Node]
 
@@ -115,7 +116,7 @@ def test_lossless_series_stored_as_sent_and_load_like_their_twin(
         row, stored_ts, stored, _paths = got[name]
         assert row.decision == "selected", row.decision_reason
         (job,) = [j for j in jobs if j.series_fk == row.id]
-        vol = load_job_volume(node.engine, node.cfg.archive_dir, job.id)
+        vol = volume_of_files(job_files(node.engine, node.cfg.archive_dir, job.id))
         assert stored_ts == {ts}, name
         if name != "deflate":  # dcmtk re-deflates on sending: compare volumes only
             assert stored == {dataset_bytes(f) for f in packed[name]}, name

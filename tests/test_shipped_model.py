@@ -12,7 +12,7 @@ from glipcore.bundle import load_bundle
 from glipcore.dicomwrite import SeriesMeta, write_ct_series
 from glipcore.metrics import euclidean_errors
 from glipcore.predict import Predictor
-from glipcore.volume import load_volume
+from glipcore.volume_io import load_volume
 
 SHIPPED = Path(__file__).resolve().parents[1] / "models" / "phantom-glip"
 FRESH_SEED = 990_001  # never used for training (1000) nor for the evaluation set (424242)

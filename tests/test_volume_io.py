@@ -29,19 +29,11 @@ from volume_fixtures import (
     write_series,
 )
 
+from glipcore.dicom_loader import load_dicom_series, load_enhanced_ct, volume_from_datasets
 from glipcore.dicomwrite import write_enhanced_ct
 from glipcore.geometry import make_affine
-from glipcore.volume import (
-    Volume,
-    VolumeError,
-    VolumeErrorReason,
-    load_dicom_series,
-    load_enhanced_ct,
-    load_nifti,
-    load_volume,
-    save_nifti,
-    volume_from_datasets,
-)
+from glipcore.volume import Volume, VolumeError, VolumeErrorReason
+from glipcore.volume_io import load_nifti, load_volume, save_nifti
 
 LANDMARKS_IJK = np.array(
     [[0.0, 0.0, 0.0], [63.0, 47.0, 19.0], [10.25, 33.5, 4.75], [40.0, 2.0, 12.5], [31.5, 23.5, 9.5]]

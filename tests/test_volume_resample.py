@@ -12,14 +12,9 @@ from pydantic import ValidationError
 from volume_fixtures import oblique_direction, rotation
 
 from glipcore.geometry import make_affine
-from glipcore.volume import (
-    Preprocessing,
-    Volume,
-    antialias_sigmas,
-    model_grid,
-    resample,
-    to_model_grid,
-)
+from glipcore.preprocess import Preprocessing, antialias_sigmas, model_grid, to_model_grid
+from glipcore.resample import resample
+from glipcore.volume import Volume
 
 
 def _lps_grid(affine: NDArray[np.float64], shape_zyx: tuple[int, int, int]) -> NDArray[np.float64]:

@@ -13,7 +13,7 @@ from pydicom import dcmread
 from sqlalchemy import select
 
 from dicomnode.db.models import Delivery, Event, Job, Result, utcnow
-from dicomnode.process.lease import claim_job
+from dicomnode.process.jobs import claim_job
 from dicomnode.process.worker import Worker
 from glipcore import phantom
 from glipcore.dicomwrite import SeriesMeta, write_ct_series

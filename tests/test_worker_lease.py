@@ -10,7 +10,7 @@ from sqlalchemy import Engine, select
 
 from dicomnode.db.models import Event, Job, Patient, Series, Study, utcnow
 from dicomnode.db.session import session_factory
-from dicomnode.process.lease import LeaseLostError, claim_job, fail_exhausted, fence, renew
+from dicomnode.process.jobs import LeaseLostError, claim_job, fail_exhausted, fence, renew
 
 
 def _jobs(engine: Engine, n: int) -> list[int]:

@@ -7,7 +7,8 @@ import numpy as np
 
 from glipcore.dataset import Case
 from glipcore.geometry import make_affine
-from glipcore.volume import Preprocessing, Volume, to_model_grid
+from glipcore.preprocess import Preprocessing, to_model_grid
+from glipcore.volume import Volume
 
 BLOB_HU = (250.0, 600.0, 1100.0)
 SHAPE_ZYX = (32, 40, 40)

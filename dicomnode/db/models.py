@@ -262,7 +262,7 @@ class Result(Base):
 
 
 class Delivery(Base):
-    """One output object to one destination. ``state``: pending, sent, failed, dead."""
+    """One output object to one destination. ``state``: pending, sent, dead."""
 
     __tablename__ = "deliveries"
     __table_args__ = (Index("ix_deliveries_state_next", "state", "next_attempt_at"),)

@@ -10,7 +10,6 @@ built-in storage SCP); the demo then prints predicted vs true hinge points.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import tempfile
 import time
@@ -29,7 +28,7 @@ from dicomnode.config import NodeConfig
 from dicomnode.db.models import Delivery, Job, Result, Study
 from dicomnode.db.session import session_factory
 from dicomnode.operate.embedded import EmbeddedNode
-from dicomnode.operate.localpacs import start_local_pacs
+from dicomnode.operate.localpacs import dcmtk_tool, start_local_pacs
 from glipcore import phantom
 from glipcore.dicomwrite import SeriesMeta, write_ct_series
 from glipcore.metrics import euclidean_errors, plane_angle
@@ -87,8 +86,9 @@ def demo_config(base: NodeConfig, pacs_ae: str, pacs_port: int) -> NodeConfig:
 
 def send_series(files: list[Path], port: int, called_ae: str) -> str:
     """C-STORE the files to the node: dcmtk's storescu when installed, else pynetdicom."""
-    if shutil.which("storescu"):
-        cmd = ["storescu", "-aet", DEMO_CALLING_AE, "-aec", called_ae, "127.0.0.1", str(port)]
+    storescu = dcmtk_tool("storescu")
+    if storescu is not None:
+        cmd = [storescu, "-aet", DEMO_CALLING_AE, "-aec", called_ae, "127.0.0.1", str(port)]
         env = {**os.environ, "TCP_NODELAY": "1"}
         r = subprocess.run(
             [*cmd, *map(str, files)], capture_output=True, text=True, timeout=600, env=env
@@ -213,7 +213,8 @@ def run_demo(
             stages["process"] = time.perf_counter() - t
             with session_factory(node.engine)() as s:
                 row = s.get(Result, result_id)
-                assert row is not None
+                if row is None:
+                    raise DemoError(f"result {result_id} is no longer in the database")
                 result = {c.name: getattr(row, c.name) for c in Result.__table__.columns}
         progress(f"sent with {sender}; results delivered")
         names = tuple(result["landmarks_lps"])

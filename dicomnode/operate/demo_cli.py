@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich import box
@@ -11,8 +11,10 @@ from rich.console import Console
 from rich.table import Table
 
 from dicomnode.config import NodeConfig
-from dicomnode.operate.demo import DEFAULT_SEED, DemoError, DemoResult, run_demo
-from dicomnode.operate.node_cli import node_config
+from dicomnode.operate.node_cli import ConfigOpt, node_config
+
+if TYPE_CHECKING:
+    from dicomnode.operate.demo import DemoResult
 
 out = Console()
 err = Console(stderr=True, log_path=False)
@@ -27,14 +29,20 @@ def demo(
         ),
     ] = None,
     seed: Annotated[
-        int, typer.Option(help="Phantom cohort seed (the case is index 0).")
-    ] = DEFAULT_SEED,
+        int | None,
+        typer.Option(
+            help="Phantom cohort seed (the case is index 0; default: a cohort never used "
+            "to train or evaluate the shipped model).",
+            show_default=False,
+        ),
+    ] = None,
     orthanc: Annotated[
         bool,
         typer.Option(
             help="Use Orthanc as the local PACS when installed (else a built-in storage SCP)."
         ),
     ] = True,
+    config: ConfigOpt = None,
 ) -> None:
     """End-to-end demo: phantom CT in, hinge points out, results in a local PACS.
 
@@ -46,7 +54,10 @@ def demo(
     ./var, the shipped phantom model) with a free port and the local PACS as its only
     destination, so `dicomnode status` shows the study afterwards.
     """
-    cfg = node_config(ctx)
+    # the demo (phantom generator, embedded node with the model) is heavy: loaded when run
+    from dicomnode.operate.demo import DEFAULT_SEED, DemoError, run_demo
+
+    cfg = node_config(ctx, config)
     _log_to_file(cfg, workdir)
     with err.status("starting", spinner="dots") as status:
 
@@ -56,7 +67,13 @@ def demo(
                 err.log(msg)
 
         try:
-            r = run_demo(cfg, workdir=workdir, seed=seed, prefer_orthanc=orthanc, progress=progress)
+            r = run_demo(
+                cfg,
+                workdir=workdir,
+                seed=DEFAULT_SEED if seed is None else seed,
+                prefer_orthanc=orthanc,
+                progress=progress,
+            )
         except DemoError as exc:
             err.print(f"[bold red]demo failed:[/] {exc}")
             raise typer.Exit(code=1) from None

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import threading
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from dicomnode.config import NodeConfig
-from dicomnode.db.session import engine_from_config
-from dicomnode.process.worker import Worker
-from dicomnode.receive.assembler import Assembler
-from dicomnode.receive.scp import StorageSCP
-from dicomnode.services import ensure_schema, start_background_services
+from dicomnode.services import Receiving, open_engine, start_background_services, start_receiving
+
+if TYPE_CHECKING:
+    from dicomnode.process.worker import Worker
 
 
 class EmbeddedNode:
@@ -25,11 +25,13 @@ class EmbeddedNode:
 
     def __init__(self, cfg: NodeConfig, *, with_worker: bool = True) -> None:
         self.cfg = cfg
-        self.engine = engine_from_config(cfg)
-        ensure_schema(cfg, self.engine)
-        self.scp = StorageSCP(cfg, self.engine)
-        self.assembler = Assembler(cfg, self.engine)
-        self.worker = Worker(cfg, self.engine) if with_worker else None
+        self.engine = open_engine(cfg)
+        self.worker: Worker | None = None
+        if with_worker:  # the worker brings torch: imported only when wanted
+            from dicomnode.process.worker import Worker
+
+            self.worker = Worker(cfg, self.engine)
+        self.receiving: Receiving | None = None
         self._stop = threading.Event()
         self._worker_thread: threading.Thread | None = None
         self._scheduler: BackgroundScheduler | None = None
@@ -37,14 +39,15 @@ class EmbeddedNode:
     @property
     def port(self) -> int:
         """The SCP's listening port."""
-        return self.scp.port
+        if self.receiving is None:
+            raise RuntimeError("the node is not started")
+        return self.receiving.port
 
     def start(self) -> EmbeddedNode:
         """Load the model, then start receiving, assembling, working and delivering."""
         if self.worker is not None:
             self.worker.load_model()
-        self.scp.start()
-        self.assembler.start()
+        self.receiving = start_receiving(self.cfg, self.engine)
         self._scheduler = start_background_services(self.cfg, self.engine, retention=False)
         if self.worker is not None:
             self._worker_thread = threading.Thread(
@@ -56,8 +59,9 @@ class EmbeddedNode:
     def stop(self) -> None:
         """Stop everything (in-flight work finishes or is left to its lease)."""
         self._stop.set()
-        self.scp.stop(grace_s=2.0)
-        self.assembler.stop()
+        if self.receiving is not None:
+            self.receiving.stop(grace_s=2.0)
+            self.receiving = None
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=True)
         if self._worker_thread is not None:

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -25,6 +27,16 @@ from pynetdicom.events import Event
 ORTHANC_BIN = "/usr/sbin/Orthanc"
 
 log = logging.getLogger(__name__)
+
+
+def dcmtk_tool(name: str) -> str | None:
+    """The path of dcmtk's ``name`` (storescu, echoscu, ...) on PATH, or None.
+
+    The Python environment's ``bin/`` is skipped: pynetdicom installs apps of the same
+    names there (storescu, echoscu, storescp, ...) that take other options."""
+    own_bin = (Path(sys.prefix) / "bin").resolve()
+    dirs = [d for d in os.get_exec_path() if d and Path(d).resolve() != own_bin]
+    return shutil.which(name, path=os.pathsep.join(dirs))
 
 
 def free_port() -> int:

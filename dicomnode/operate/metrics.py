@@ -35,6 +35,8 @@ from sqlalchemy import Engine, func, select
 
 from dicomnode.config import MetricsConfig
 from dicomnode.db.models import Delivery, Job, Series
+from dicomnode.deliver.states import DELIVERY_STATES
+from dicomnode.process.jobs import JOB_STATES, JobState
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +84,6 @@ delivery_attempts_total = Counter(
 )
 
 SERIES_STATES = ("receiving", "complete")
-JOB_STATES = ("queued", "held", "running", "done", "failed", "superseded", "cancelled")
-DELIVERY_STATES = ("pending", "sent", "failed", "dead")
 
 
 class MetricsError(RuntimeError):
@@ -118,7 +118,7 @@ class DatabaseCollector(Collector):
         yield GaugeMetricFamily(p + "queue_depth", "Jobs queued and not yet claimed.")
         yield GaugeMetricFamily(
             p + "deliveries_by_state",
-            "Result deliveries by destination and state (pending, sent, failed, dead).",
+            f"Result deliveries by destination and state ({', '.join(DELIVERY_STATES)}).",
             labels=["destination", "state"],
         )
 
@@ -149,7 +149,7 @@ class DatabaseCollector(Collector):
         for state, n in job_counts.items():
             jobs.add_metric([state], n)
         yield jobs
-        depth.add_metric([], job_counts["queued"])
+        depth.add_metric([], job_counts[JobState.QUEUED])
         yield depth
         by_dest: dict[str, list[tuple[str, int]]] = {}
         for dest, state, n in delivery_rows:

@@ -1,5 +1,9 @@
-"""``dicomnode`` commands of the ingest side: serve, db upgrade/downgrade/current,
-config check, and the global ``--config`` option (registered in :mod:`dicomnode.cli`)."""
+"""``dicomnode`` commands that run the node: serve, worker, retrain, db upgrade/downgrade/
+current, config check; the global options and the ``--config`` option every command also
+accepts after its name (registered in :mod:`dicomnode.cli`).
+
+Heavy modules (the SCP, the worker and torch) are imported inside the commands that need
+them, so ``dicomnode --help``, ``status`` or ``config check`` start quickly."""
 
 from __future__ import annotations
 
@@ -9,13 +13,16 @@ import signal
 import threading
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 import yaml
 from rich.console import Console
 
 from dicomnode.config import CONFIG_ENV, ConfigError, NodeConfig, load_config
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 console = Console(stderr=True)
 
@@ -26,18 +33,29 @@ db_app = typer.Typer(help="Database schema (alembic migrations in db/migrations)
 config_app = typer.Typer(help="Node configuration.")
 
 
+CONFIG_HELP = (
+    f"YAML configuration file (default: ${CONFIG_ENV}, else built-in defaults). "
+    "Environment variables DICOMNODE_<SECTION>__<KEY> override it."
+)
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help=CONFIG_HELP + " Given after the command, it wins over one given before it.",
+        dir_okay=False,
+    ),
+]
+"""The ``--config`` option every command that loads the configuration accepts after its
+name (``dicomnode db upgrade --config FILE``); :func:`node_config` takes its value."""
+
+
 def main_options(
     ctx: typer.Context,
     config: Annotated[
         Path | None,
-        typer.Option(
-            "--config",
-            "-c",
-            help=f"YAML configuration file (default: ${CONFIG_ENV}, else built-in defaults). "
-            "Environment variables DICOMNODE_<SECTION>__<KEY> override it.",
-            envvar=CONFIG_ENV,
-            dir_okay=False,
-        ),
+        typer.Option("--config", "-c", help=CONFIG_HELP, envvar=CONFIG_ENV, dir_okay=False),
     ] = None,
     debug: Annotated[
         bool,
@@ -52,14 +70,31 @@ def main_options(
     ctx.obj = {"config": config, "debug": debug}
 
 
-def node_config(ctx: typer.Context) -> NodeConfig:
-    """The configuration of this invocation; exits with status 2 on a config error."""
+def node_config(ctx: typer.Context, config: Path | None = None) -> NodeConfig:
+    """The configuration of this invocation: the command's ``--config``, else the global
+    one (or its environment variable); exits with status 2 on a config error."""
     obj = ctx.find_root().obj or {}
     try:
-        return load_config(obj.get("config"))
+        return load_config(config if config is not None else obj.get("config"))
     except ConfigError as exc:
-        console.print(str(exc), style="bold red", highlight=False, markup=False)
-        raise typer.Exit(code=2) from None
+        _fail(str(exc), code=2)
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    """Print ``message`` in red on stderr and exit with ``code``."""
+    console.print(message, style="bold red", highlight=False, markup=False)
+    raise typer.Exit(code=code) from None
+
+
+def _open_engine(cfg: NodeConfig) -> Engine:
+    """The database engine with its schema checked; exits with status 2 when outdated."""
+    from dicomnode.db.session import DatabaseError
+    from dicomnode.services import open_engine
+
+    try:
+        return open_engine(cfg)
+    except DatabaseError as exc:
+        _fail(str(exc), code=2)
 
 
 def _setup_logging(cfg: NodeConfig) -> None:
@@ -72,7 +107,7 @@ def _setup_logging(cfg: NodeConfig) -> None:
 # --- serve -------------------------------------------------------------------------
 
 
-def serve(ctx: typer.Context) -> None:
+def serve(ctx: typer.Context, config: ConfigOpt = None) -> None:
     """Receive, assemble and deliver: SCP, assembler, delivery and retention purge.
 
     Runs until SIGTERM or SIGINT. Jobs are processed by `dicomnode worker` (one or more,
@@ -81,20 +116,12 @@ def serve(ctx: typer.Context) -> None:
     An empty database is migrated on first start; an outdated one must be upgraded with
     `dicomnode db upgrade`.
     """
-    cfg = node_config(ctx)
+    cfg = node_config(ctx, config)
     _setup_logging(cfg)
-    from dicomnode.db.session import DatabaseError, engine_from_config
-    from dicomnode.receive.assembler import Assembler
-    from dicomnode.receive.scp import StorageSCP
-    from dicomnode.services import ensure_schema, start_background_services
+    from dicomnode.services import start_background_services, start_receiving
 
     log = logging.getLogger("dicomnode.serve")
-    engine = engine_from_config(cfg)
-    try:
-        ensure_schema(cfg, engine)
-    except DatabaseError as exc:
-        console.print(str(exc), style="bold red", highlight=False, markup=False)
-        raise typer.Exit(code=2) from None
+    engine = _open_engine(cfg)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -103,14 +130,10 @@ def serve(ctx: typer.Context) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    scp = StorageSCP(cfg, engine)
-    assembler = Assembler(cfg, engine)
     try:
-        scp.start()
+        receiving = start_receiving(cfg, engine)
     except OSError as exc:
-        console.print(str(exc), style="bold red", highlight=False, markup=False)
-        raise typer.Exit(code=1) from None
-    assembler.start()
+        _fail(str(exc), code=1)
     scheduler = start_background_services(cfg, engine, retention=True)
     _start_metrics(cfg, engine, 0)
     log.info("dicomnode ready (archive %s)", cfg.archive_dir)
@@ -118,8 +141,7 @@ def serve(ctx: typer.Context) -> None:
         while not stop.wait(1.0):
             pass
     finally:
-        scp.stop()
-        assembler.stop()
+        receiving.stop()
         scheduler.shutdown(wait=True)
         engine.dispose()
         log.info("dicomnode stopped")
@@ -127,18 +149,25 @@ def serve(ctx: typer.Context) -> None:
 
 # --- db --------------------------------------------------------------------------------
 
+UrlOpt = Annotated[str | None, typer.Option(help="Database URL (default: config).")]
+
+
+def _database_url(ctx: typer.Context, url: str | None, config: Path | None) -> str:
+    """``--url`` when given, else the configured database."""
+    return url or node_config(ctx, config).database_url
+
 
 @db_app.command("upgrade")
 def db_upgrade(
     ctx: typer.Context,
     revision: Annotated[str, typer.Option(help="Target revision.")] = "head",
-    url: Annotated[str | None, typer.Option(help="Database URL (default: config).")] = None,
+    url: UrlOpt = None,
+    config: ConfigOpt = None,
 ) -> None:
     """Upgrade (or create) the database schema."""
     from dicomnode.db import migrate
 
-    target = url or node_config(ctx).database_url
-    migrate.upgrade(target, revision)
+    migrate.upgrade(_database_url(ctx, url, config), revision)
     console.print(f"database upgraded to {revision}")
 
 
@@ -146,26 +175,27 @@ def db_upgrade(
 def db_downgrade(
     ctx: typer.Context,
     revision: Annotated[str, typer.Argument(help="Target revision ('base' drops all).")],
-    url: Annotated[str | None, typer.Option(help="Database URL (default: config).")] = None,
+    url: UrlOpt = None,
+    config: ConfigOpt = None,
 ) -> None:
     """Downgrade the database schema."""
     from dicomnode.db import migrate
 
-    target = url or node_config(ctx).database_url
-    migrate.downgrade(target, revision)
+    migrate.downgrade(_database_url(ctx, url, config), revision)
     console.print(f"database downgraded to {revision}")
 
 
 @db_app.command("current")
 def db_current(
     ctx: typer.Context,
-    url: Annotated[str | None, typer.Option(help="Database URL (default: config).")] = None,
+    url: UrlOpt = None,
+    config: ConfigOpt = None,
 ) -> None:
     """Print the database's schema revision and the newest one."""
     from dicomnode.db import migrate
     from dicomnode.db.session import make_engine
 
-    engine = make_engine(url or node_config(ctx).database_url)
+    engine = make_engine(_database_url(ctx, url, config))
     try:
         cur = migrate.current_revision(engine)
     finally:
@@ -205,9 +235,10 @@ def _plain(value: Any) -> Any:
 def config_check(
     ctx: typer.Context,
     show: Annotated[bool, typer.Option(help="Print the effective configuration.")] = True,
+    config: ConfigOpt = None,
 ) -> None:
     """Validate the configuration (defaults < file < environment) and print it."""
-    cfg = node_config(ctx)
+    cfg = node_config(ctx, config)
     if show:
         typer.echo(yaml.safe_dump(_plain(cfg.model_dump(mode="json")), sort_keys=False).rstrip())
         typer.echo(f"# archive: {cfg.archive_dir}\n# database: {cfg.database_url}")
@@ -234,6 +265,7 @@ def worker(
     once: Annotated[
         bool, typer.Option(help="Process the jobs queued now, then exit (for cron or tests).")
     ] = False,
+    config: ConfigOpt = None,
 ) -> None:
     """Process jobs: find the hinge points, write SR / SEG / key images, queue delivery.
 
@@ -245,28 +277,18 @@ def worker(
     Device: worker.device (auto = CUDA when present). Several workers, on one host or many
     sharing a PostgreSQL database, never take the same job.
     """
-    cfg = node_config(ctx)
+    cfg = node_config(ctx, config)
     _setup_logging(cfg)
-    from dicomnode.db.session import DatabaseError, engine_from_config
     from dicomnode.process.worker import Worker
-    from dicomnode.services import ensure_schema
 
     log = logging.getLogger("dicomnode.process.worker")
-    engine = engine_from_config(cfg)
-    try:
-        ensure_schema(cfg, engine)
-    except DatabaseError as exc:
-        console.print(str(exc), style="bold red", highlight=False, markup=False)
-        raise typer.Exit(code=2) from None
+    engine = _open_engine(cfg)
     _start_metrics(cfg, engine, 1 + index)
     w = Worker(cfg, engine, index=index)
     try:
         version = w.load_model()
     except Exception as exc:  # bundle missing, tampered or incompatible
-        console.print(
-            f"cannot load the model: {exc}", style="bold red", highlight=False, markup=False
-        )
-        raise typer.Exit(code=2) from None
+        _fail(f"cannot load the model: {exc}", code=2)
     log.info("worker %s ready with model %s", w.worker_id, version)
     if once:
         n = 0
@@ -304,11 +326,11 @@ def _start_metrics(cfg: NodeConfig, engine: Any, offset: int) -> None:
 # --- retrain ---------------------------------------------------------------------------
 
 
-def retrain(ctx: typer.Context) -> None:
+def retrain(ctx: typer.Context, config: ConfigOpt = None) -> None:
     """Retrain from annotated archived studies (not built yet: a no-op that succeeds).
 
     The systemd timer can be installed now. Train by hand with `glip train`."""
-    cfg = node_config(ctx)
+    cfg = node_config(ctx, config)
     _setup_logging(cfg)
     logging.getLogger("dicomnode.retrain").info(
         "retraining is not built yet; nothing to do (see `glip train --help`)"

@@ -1,24 +1,23 @@
 """Archived instances of a job's series (and phase) -> a glipcore ``Volume``.
 
 Sorting, geometry checks and decompression are the loader's
-(``glipcore.volume.load_dicom_series``); a geometry error is recorded on the job as a
-readable reason and the job fails.
+(``glipcore.dicom_loader.load_dicom_series``). Missing files and geometry errors raise
+:class:`SeriesLoadError` with a readable reason; the worker records it on the job, which
+then fails for good.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, select
 
-from dicomnode.db.models import Event, Instance, Job, utcnow
+from dicomnode.db.models import Instance, Job
 from dicomnode.db.session import session_factory
 from dicomnode.receive.series_facts import phase_value_str
-from glipcore.volume import Volume, VolumeError, load_dicom_series
-
-log = logging.getLogger(__name__)
+from glipcore.dicom_loader import load_dicom_series
+from glipcore.volume import Volume, VolumeError
 
 _PHASE_COLUMNS = {
     "cardiac_phase_percent": Instance.cardiac_phase_percent,
@@ -70,38 +69,3 @@ def volume_of_files(files: Sequence[Path]) -> Volume:
         return load_dicom_series(files)
     except VolumeError as exc:
         raise SeriesLoadError(f"series geometry: {exc}") from exc
-
-
-def load_job_volume(engine: Engine, archive_root: Path, job_id: int) -> Volume:
-    """The job's series as a Volume; on missing files or a geometry error the job is failed
-    with the reason recorded (and :class:`SeriesLoadError` raised)."""
-    files = job_files(engine, archive_root, job_id)
-    try:
-        return volume_of_files(files)
-    except SeriesLoadError as exc:
-        _fail(engine, job_id, str(exc))
-        raise SeriesLoadError(f"job {job_id}: {exc}") from exc
-
-
-def _fail(engine: Engine, job_id: int, reason: str) -> None:
-    now = utcnow()
-    with session_factory(engine)() as s, s.begin():
-        job = s.get(Job, job_id)
-        if job is None:
-            return
-        s.execute(
-            update(Job)
-            .where(Job.id == job_id)
-            .values(state="failed", reason=reason, finished_at=now, updated_at=now)
-        )
-        s.add(
-            Event(
-                at=now,
-                kind="job_failed",
-                detail=reason,
-                study_fk=job.study_fk,
-                series_fk=job.series_fk,
-                job_fk=job_id,
-            )
-        )
-    log.warning("job %d failed: %s", job_id, reason)

@@ -2,7 +2,7 @@
 
 One :class:`Worker` loads the model bundle once (the active model version in the
 database, else the configured one) and processes jobs until stopped. Every job write is
-fenced by its lease token (:mod:`dicomnode.process.lease`): a worker that lost its lease writes
+fenced by its lease token (:mod:`dicomnode.process.jobs`): a worker that lost its lease writes
 no result and queues no delivery, and each claim writes its files into its own folder, so
 a fenced-out worker's files are never referenced by a result or a delivery.
 """
@@ -28,14 +28,17 @@ from dicomnode.db.models import Job, ModelVersion, Result, Study
 from dicomnode.db.session import session_factory
 from dicomnode.operate.logs import register_phi
 from dicomnode.process import plausibility
-from dicomnode.process.lease import (
+from dicomnode.process.jobs import (
     Claim,
     Heartbeat,
+    JobState,
     LeaseLostError,
-    add_event,
+    claim_event,
     claim_job,
     fail_exhausted,
-    fence,
+    fail_job,
+    finish_job,
+    requeue_attempt,
 )
 from dicomnode.process.series import SeriesLoadError, job_files, volume_of_files
 from glipcore.predict import Prediction, Predictor
@@ -127,10 +130,16 @@ class Worker:
         """Whether another model version was promoted after this one was loaded."""
         from dicomnode.learn.registry import active_model
 
-        assert self.predictor is not None
+        loaded = self._model().model_version
         with self.sessions() as s:
             active = active_model(s)
-            return active is not None and active.version != self.predictor.model_version
+            return active is not None and active.version != loaded
+
+    def _model(self) -> Predictor:
+        """The loaded model; :meth:`load_model` comes first."""
+        if self.predictor is None:
+            raise RuntimeError("worker: no model loaded (call load_model first)")
+        return self.predictor
 
     # --- loop -----------------------------------------------------------------------
 
@@ -191,7 +200,6 @@ class Worker:
             return self._finish_failed(claim, f"{type(exc).__name__}: {exc}", retry=True)
 
     def _run(self, claim: Claim, hb: Heartbeat) -> JobOutcome:
-        assert self.predictor is not None
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         try:
@@ -201,7 +209,7 @@ class Worker:
             raise PermanentJobError(str(exc)) from exc
         headers = sorted_headers(files)
         timings["load"] = time.perf_counter() - t0
-        pred = self.predictor.predict(volume)
+        pred = self._model().predict(volume)
         timings.update(pred.timings_s)
         hb.check()
         t1 = time.perf_counter()
@@ -232,8 +240,7 @@ class Worker:
     ) -> WrittenOutputs:
         from dicomnode.process.outputs import OutputContext, build_all
 
-        assert self.predictor is not None
-        bundle = self.predictor.bundle
+        bundle = self._model().bundle
         ctx = OutputContext(
             source=headers,
             volume=volume,
@@ -288,12 +295,11 @@ class Worker:
         written: WrittenOutputs,
         timings: dict[str, float],
     ) -> JobOutcome:
-        from dicomnode.deliver.delivery import plan_deliveries
+        from dicomnode.deliver.plan import plan_deliveries
 
         d = pred.to_dict()
         summary = _summary(pred, verdict)
         with self.sessions() as s, s.begin():
-            fence(s, claim, state="done", reason=summary, model_version_fk=self.model_version_id)
             result = Result(
                 job_fk=claim.job_id,
                 model_version_fk=self.model_version_id,
@@ -313,15 +319,17 @@ class Worker:
             n_deliveries = 0
             if verdict.status != "withheld":
                 n_deliveries = len(plan_deliveries(s, result.id, written.by_kind(), self.cfg))
-            add_event(
+            # Last in the transaction: a lost lease rolls back the result and its deliveries.
+            finish_job(
                 s,
                 claim,
-                "job_done",
+                summary,
                 f"{verdict.status}; {n_deliveries} deliveries queued"
                 + (f"; {'; '.join(verdict.findings)}" if verdict.findings else ""),
+                self.model_version_id,
             )
             if verdict.status == "withheld":
-                add_event(s, claim, "result_withheld", "; ".join(verdict.findings))
+                claim_event(s, claim, "result_withheld", "; ".join(verdict.findings))
             result_id = result.id
         log.info(
             "job %d done: %s in %.1f s (%s)",
@@ -331,22 +339,18 @@ class Worker:
             ", ".join(f"{k} {v:.2f}" for k, v in timings.items()),
         )
         _observe_inference(timings)
-        return JobOutcome(claim.job_id, "done", result_id, summary)
+        return JobOutcome(claim.job_id, JobState.DONE, result_id, summary)
 
     def _finish_failed(self, claim: Claim, reason: str, *, retry: bool) -> JobOutcome:
         again = retry and claim.attempt < self.cfg.worker.max_attempts
-        state = "queued" if again else "failed"
         text = f"attempt {claim.attempt}: {reason}" if again else reason
         try:
             with self.sessions() as s, s.begin():
-                values: dict[str, Any] = {"state": state, "reason": text}
-                if again:
-                    values["finished_at"] = None
-                fence(s, claim, **values)
-                add_event(s, claim, "job_retry" if again else "job_failed", text)
+                (requeue_attempt if again else fail_job)(s, claim, text)
         except LeaseLostError as exc:
             return JobOutcome(claim.job_id, "lost", detail=str(exc))
         log.warning("job %d %s: %s", claim.job_id, "requeued" if again else "failed", reason)
+        state = JobState.QUEUED if again else JobState.FAILED
         return JobOutcome(claim.job_id, state, detail=text)
 
 

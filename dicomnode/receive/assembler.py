@@ -1,5 +1,8 @@
 """Series completeness and selection: which received series become jobs.
 
+The rules that judge one series are :mod:`dicomnode.receive.selection` (its phases:
+:mod:`dicomnode.receive.phases`); the job transitions are :mod:`dicomnode.process.jobs`.
+
 The C-STORE handler only stamps ``series.last_received_at`` (and re-opens a series that
 was complete). One periodic sweep (APScheduler 3 ``BackgroundScheduler``) then
 
@@ -24,286 +27,31 @@ Instances arriving after a series' job started follow ``selection.late_instances
 from __future__ import annotations
 
 import logging
-import statistics
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
-from pydicom.uid import UID
 from sqlalchemy import Engine, or_, select, update
 from sqlalchemy.orm import Session
 
 from dicomnode.config import NodeConfig
-from dicomnode.db.models import Event, Instance, Job, Series, Study, utcnow
+from dicomnode.db.models import Instance, Job, Series, Study, utcnow
 from dicomnode.db.session import session_factory
-from dicomnode.receive.series_facts import PHASE_ATTRIBUTES, PROCESSED_CLASSES, phase_value_str
+from dicomnode.process.events import add_event
+from dicomnode.process.jobs import (
+    CLAIMED,
+    UNCLAIMED,
+    JobState,
+    cancel_job,
+    hold_job,
+    queue_job,
+    release_job,
+    supersede_job,
+)
+from dicomnode.receive.phases import InstanceInfo
+from dicomnode.receive.selection import Evaluation, evaluate_series, why_better
 
 log = logging.getLogger(__name__)
-
-POSITION_DECIMALS = 2  # positions equal to 0.01 mm are the same slice position
-ORIENTATION_TOL = 1e-4
-UNCLAIMED = ("queued", "held")
-CLAIMED = ("running", "done", "failed")
-
-
-@dataclass(frozen=True)
-class InstanceInfo:
-    """The columns of one instance that selection reads."""
-
-    id: int
-    sop_class_uid: str
-    image_type: str | None
-    orientation: list[float] | None
-    slice_positions: list[float] | None
-    slice_thickness: float | None
-    acquisition_number: int | None = None
-    temporal_position_index: int | None = None
-    trigger_time: float | None = None
-    cardiac_phase_percent: float | None = None
-    nominal_interval: float | None = None
-
-
-@dataclass(frozen=True)
-class Phase:
-    """One phase of a series: its instances and slice positions (mm along the normal)."""
-
-    key: str | None
-    value: str | None
-    percent: float | None
-    instance_ids: tuple[int, ...]
-    positions: tuple[float, ...]
-    thickness: float | None
-
-    @property
-    def label(self) -> str:
-        if self.key is None:
-            return "single phase"
-        attr = dict(PHASE_ATTRIBUTES)[self.key]
-        pct = f" ({self.percent:g}% R-R)" if self.percent is not None else ""
-        return f"{attr}={self.value}{pct}"
-
-    @property
-    def slices(self) -> int:
-        return len(self.positions)
-
-    @property
-    def coverage_mm(self) -> float:
-        return self.positions[-1] - self.positions[0] if self.positions else 0.0
-
-    @property
-    def spacing_mm(self) -> float | None:
-        if len(self.positions) < 2:
-            return None
-        gaps = [b - a for a, b in zip(self.positions, self.positions[1:], strict=False)]
-        return float(statistics.median(gaps))
-
-    @property
-    def resolution_mm(self) -> float:
-        """The coarser of slice thickness and slice spacing (what 'thin slices' means)."""
-        vals = [v for v in (self.thickness, self.spacing_mm) if v is not None]
-        return max(vals) if vals else float("inf")
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """The selection rules applied to one complete series."""
-
-    eligible: bool
-    reason: str
-    phase: Phase | None = None
-    phase_distance: float = 0.0
-    series_number: int | None = None
-    series_uid: str = ""
-    notes: tuple[str, ...] = field(default_factory=tuple)
-
-    def rank_key(self) -> tuple[float, float, float, int, int, str]:
-        """Smaller is better: phase match, thin slices, z-coverage, slices, number, UID."""
-        p = self.phase
-        assert p is not None
-        return (
-            round(self.phase_distance, 3),
-            round(p.resolution_mm, 2),
-            -round(p.coverage_mm, 1),
-            -p.slices,
-            self.series_number if self.series_number is not None else 1 << 30,
-            self.series_uid,
-        )
-
-
-def why_better(a: Evaluation, b: Evaluation) -> str:
-    """Why series evaluation ``a`` ranks before ``b``, in words."""
-    pa, pb = a.phase, b.phase
-    assert pa is not None and pb is not None
-    ka, kb = a.rank_key(), b.rank_key()
-    if ka[0] != kb[0]:
-        return f"phase closer to the configured one ({pa.label} vs {pb.label})"
-    if ka[1] != kb[1]:
-        return f"thinner slices ({pa.resolution_mm:g} mm vs {pb.resolution_mm:g} mm)"
-    if ka[2] != kb[2]:
-        return f"larger z-coverage ({pa.coverage_mm:.1f} mm vs {pb.coverage_mm:.1f} mm)"
-    if ka[3] != kb[3]:
-        return f"more slices ({pa.slices} vs {pb.slices})"
-    if ka[4] != kb[4]:
-        return "equal quality, lower series number"
-    return "equal quality, first by series UID"
-
-
-def _image_type_values(s: str | None) -> list[str]:
-    return [v.strip().upper() for v in s.split("\\")] if s else []
-
-
-def split_phases(instances: Sequence[InstanceInfo]) -> list[Phase] | str:
-    """Group instances into phases; a reason string when positions repeat and no phase
-    attribute separates them (or when geometry is missing)."""
-    slots: list[tuple[InstanceInfo, float]] = []
-    for inst in instances:
-        if not inst.slice_positions:
-            return "an instance lacks ImagePositionPatient/ImageOrientationPatient"
-        slots.extend((inst, round(p, POSITION_DECIMALS)) for p in inst.slice_positions)
-
-    def thickness(members: Sequence[InstanceInfo]) -> float | None:
-        vals = [m.slice_thickness for m in members if m.slice_thickness is not None]
-        return float(statistics.median(vals)) if vals else None
-
-    def make(key: str | None, value: Any, members: list[tuple[InstanceInfo, float]]) -> Phase:
-        insts = list({m.id: m for m, _ in members}.values())
-        percent: float | None = None
-        if key == "cardiac_phase_percent":
-            percent = float(value)
-        elif key == "trigger_time":
-            rr = [m.nominal_interval for m in insts if m.nominal_interval]
-            if rr:
-                percent = round(100.0 * float(value) / float(statistics.median(rr)), 1)
-        return Phase(
-            key=key,
-            value=None if key is None else phase_value_str(value),
-            percent=percent,
-            instance_ids=tuple(sorted(m.id for m in insts)),
-            positions=tuple(sorted(p for _, p in members)),
-            thickness=thickness(insts),
-        )
-
-    positions = [p for _, p in slots]
-    if len(set(positions)) == len(positions):
-        return [make(None, None, slots)]
-    for key, _attr in PHASE_ATTRIBUTES:
-        values = [getattr(inst, key) for inst, _ in slots]
-        if any(v is None for v in values) or len(set(values)) < 2:
-            continue
-        groups: dict[Any, list[tuple[InstanceInfo, float]]] = {}
-        for (inst, p), v in zip(slots, values, strict=True):
-            groups.setdefault(v, []).append((inst, p))
-        if all(len({p for _, p in g}) == len(g) for g in groups.values()):
-            return [make(key, v, g) for v, g in sorted(groups.items())]
-    return (
-        "several instances at the same position and no phase attribute "
-        f"({', '.join(a for _, a in PHASE_ATTRIBUTES)}) separates them"
-    )
-
-
-def _own_output(series: Series, cfg: NodeConfig) -> str | None:
-    ident = cfg.identity
-    if series.series_instance_uid.startswith(ident.uid_root):
-        return f"UID root {ident.uid_root}"
-    if (series.manufacturer or "") == ident.manufacturer:
-        return f"Manufacturer {ident.manufacturer}"
-    if (series.series_description or "").startswith(ident.series_description_prefix):
-        return f"SeriesDescription starting with {ident.series_description_prefix}"
-    return None
-
-
-def _phase_problem(p: Phase, cfg: NodeConfig) -> str | None:
-    sel = cfg.selection
-    if p.slices < sel.min_slices:
-        return f"{p.slices} slices (at least {sel.min_slices} required)"
-    if p.resolution_mm > sel.max_slice_thickness_mm:
-        return (
-            f"slice thickness/spacing {p.resolution_mm:g} mm "
-            f"(at most {sel.max_slice_thickness_mm:g} mm allowed)"
-        )
-    if p.coverage_mm < sel.min_z_coverage_mm:
-        return f"z-coverage {p.coverage_mm:.1f} mm (at least {sel.min_z_coverage_mm:g} mm required)"
-    return None
-
-
-def evaluate_series(
-    series: Series, instances: Sequence[InstanceInfo], cfg: NodeConfig
-) -> Evaluation:
-    """Apply the selection rules to a complete series."""
-    sel = cfg.selection
-
-    def no(reason: str) -> Evaluation:
-        return Evaluation(False, f"not selected: {reason}", series_uid=series.series_instance_uid)
-
-    if sel.skip_own_outputs and (why := _own_output(series, cfg)) is not None:
-        return no(f"this node's own output ({why})")
-    if not instances:
-        return no("no instances")
-    classes = {i.sop_class_uid for i in instances}
-    other = sorted(classes - set(PROCESSED_CLASSES))
-    if other:
-        return no(f"{UID(other[0]).name} is archived only")
-    modality = series.modality or "(none)"
-    if modality not in sel.modalities:
-        return no(f"modality {modality} (expected {', '.join(sel.modalities)})")
-    types = [_image_type_values(i.image_type) for i in instances]
-    if sel.require_original and any(not t or t[0] != "ORIGINAL" for t in types):
-        bad = next(t for t in types if not t or t[0] != "ORIGINAL")
-        return no(f"image type {bad[0] if bad else '(missing)'} (ORIGINAL required)")
-    if sel.exclude_localizers and any("LOCALIZER" in t for t in types):
-        return no("localizer")
-    orients = [i.orientation for i in instances]
-    if any(o is None or len(o) != 6 for o in orients):
-        return no("an instance lacks ImageOrientationPatient")
-    first = orients[0]
-    assert first is not None
-    if any(
-        max(abs(a - b) for a, b in zip(o, first, strict=True)) > ORIENTATION_TOL
-        for o in orients
-        if o
-    ):
-        return no("ImageOrientationPatient differs between instances")
-    phases = split_phases(instances)
-    if isinstance(phases, str):
-        return no(phases)
-    problems = {p: _phase_problem(p, cfg) for p in phases}
-    ok = [p for p in phases if problems[p] is None]
-    multi = len(phases) > 1
-    if not ok:
-        worst = max(phases, key=lambda p: (p.slices, p.coverage_mm))
-        where = f" (best of {len(phases)} phases: {worst.label})" if multi else ""
-        return no(f"{problems[worst]}{where}")
-    chosen, why, distance = _choose_phase(ok, sel.phase)
-    detail = (
-        f"{chosen.slices} slices, {chosen.resolution_mm:g} mm, "
-        f"z-coverage {chosen.coverage_mm:.1f} mm"
-    )
-    if multi:
-        detail += f"; {len(phases)} phases, chose {chosen.label}: {why}"
-    return Evaluation(
-        True,
-        f"selected: {detail}",
-        phase=chosen,
-        phase_distance=distance,
-        series_number=series.series_number,
-        series_uid=series.series_instance_uid,
-    )
-
-
-def _choose_phase(phases: Sequence[Phase], policy: str | float) -> tuple[Phase, str, float]:
-    """(phase, why, distance from the configured percent) for a phase policy."""
-    most = max(phases, key=lambda p: (p.slices, p.coverage_mm, -phases.index(p)))
-    if policy == "most_complete":
-        return most, "the most complete phase", 0.0
-    target = float(policy)
-    known = [p for p in phases if p.percent is not None]
-    if not known:
-        return most, f"no phase percent known; chose the most complete (wanted {target:g}%)", 0.0
-    best = min(known, key=lambda p: (abs(float(p.percent or 0) - target), -p.slices))
-    dist = abs(float(best.percent or 0) - target)
-    return best, f"closest to the configured {target:g}%", dist
 
 
 def _count(s: Session, stmt: Any) -> int:
@@ -374,43 +122,14 @@ class Assembler:
         for study_id in studies:
             self._decide_study(study_id, now)
 
-    def _event(
-        self,
-        s: Session,
-        kind: str,
-        detail: str,
-        *,
-        study: int | None = None,
-        series: int | None = None,
-        job: int | None = None,
-        now: datetime,
-    ) -> None:
-        s.add(Event(at=now, kind=kind, detail=detail, study_fk=study, series_fk=series, job_fk=job))
-
     def _hold_jobs_of_receiving_series(self, now: datetime) -> None:
         with self.sessions() as s, s.begin():
-            rows = s.execute(
-                select(Job.id, Job.series_fk, Job.study_fk)
+            for job_id in s.scalars(
+                select(Job.id)
                 .join(Series, Series.id == Job.series_fk)
-                .where(Job.state == "queued", Series.state == "receiving")
-            ).all()
-            for job_id, series_id, study_id in rows:
-                n = _count(
-                    s,
-                    update(Job)
-                    .where(Job.id == job_id, Job.state == "queued")
-                    .values(state="held", updated_at=now, reason="held: late instances arriving"),
-                )
-                if n:
-                    self._event(
-                        s,
-                        "job_held",
-                        "late instances arriving; waiting for quiet",
-                        study=study_id,
-                        series=series_id,
-                        job=job_id,
-                        now=now,
-                    )
+                .where(Job.state == JobState.QUEUED, Series.state == "receiving")
+            ).all():
+                hold_job(s, job_id, now)
 
     def _complete_quiet_series(self, now: datetime) -> None:
         a = self.cfg.assembler
@@ -439,7 +158,7 @@ class Assembler:
                 )
                 if n:
                     detail = f"complete ({how}), {count} instances"
-                    self._event(s, "series_complete", detail, study=study_id, series=sid, now=now)
+                    add_event(s, "series_complete", detail, study=study_id, series=sid, at=now)
                     log.info("series %d %s", sid, detail)
 
     def _instances(self, s: Session, series_id: int) -> list[InstanceInfo]:
@@ -504,7 +223,7 @@ class Assembler:
         kind = {"selected": "series_selected", "superseded": "series_superseded"}.get(
             decision, "series_not_selected"
         )
-        self._event(s, kind, reason, study=x.study_fk, series=x.id, now=now)
+        add_event(s, kind, reason, study=x.study_fk, series=x.id, at=now)
         log.info("series %d: %s", x.id, reason)
 
     def _cancel_unclaimed(self, s: Session, x: Series, reason: str, now: datetime) -> None:
@@ -512,45 +231,14 @@ class Assembler:
         for job_id in s.scalars(
             select(Job.id).where(Job.series_fk == x.id, Job.state.in_(UNCLAIMED))
         ).all():
-            n = _count(
-                s,
-                update(Job)
-                .where(Job.id == job_id, Job.state.in_(UNCLAIMED))
-                .values(state="cancelled", finished_at=now, updated_at=now, reason=reason)
-                .execution_options(synchronize_session=False),
-            )
-            if n:
-                self._event(
-                    s, "job_cancelled", reason, study=x.study_fk, series=x.id, job=job_id, now=now
-                )
+            cancel_job(s, job_id, reason, now, expected=UNCLAIMED)
 
     def _supersede_jobs(self, s: Session, x: Series, best: Series, now: datetime) -> int | None:
         """Supersede the unclaimed jobs of ``x``; the id of a claimed one, if any."""
         started: int | None = None
         for job in s.scalars(select(Job).where(Job.series_fk == x.id).order_by(Job.id)):
             if job.state in UNCLAIMED:
-                n = _count(
-                    s,
-                    update(Job)
-                    .where(Job.id == job.id, Job.state.in_(UNCLAIMED))
-                    .values(
-                        state="superseded",
-                        finished_at=now,
-                        updated_at=now,
-                        reason=f"superseded by series {best.series_instance_uid}",
-                    )
-                    .execution_options(synchronize_session=False),
-                )
-                if n:
-                    self._event(
-                        s,
-                        "job_superseded",
-                        f"superseded by series {best.series_instance_uid}",
-                        study=x.study_fk,
-                        series=x.id,
-                        job=job.id,
-                        now=now,
-                    )
+                if supersede_job(s, job.id, best.series_instance_uid, now):
                     continue
                 s.refresh(job)
             if job.state in CLAIMED:
@@ -561,8 +249,7 @@ class Assembler:
         self, s: Session, study: Study, x: Series, ev: Evaluation, now: datetime
     ) -> None:
         """Give the newly selected series ``x`` its job (following the late-instance policy)."""
-        phase = ev.phase
-        assert phase is not None
+        phase = ev.chosen_phase()
         latest = s.scalars(
             select(Job).where(Job.series_fk == x.id).order_by(Job.id.desc()).limit(1)
         ).first()
@@ -572,54 +259,26 @@ class Assembler:
             "instance_count": len(phase.instance_ids),
         }
         if latest is not None and latest.state in UNCLAIMED:
-            was_held = latest.state == "held"
-            n = _count(
-                s,
-                update(Job)
-                .where(Job.id == latest.id, Job.state.in_(UNCLAIMED))
-                .values(state="queued", updated_at=now, reason=ev.reason, **fields)
-                .execution_options(synchronize_session=False),
-            )
-            if n:
-                if was_held:
-                    self._event(
-                        s,
-                        "job_requeued",
-                        "series quiet again; job released",
-                        study=study.id,
-                        series=x.id,
-                        job=latest.id,
-                        now=now,
-                    )
+            was_held = latest.state == JobState.HELD
+            if release_job(s, latest.id, ev.reason, now, was_held=was_held, **fields):
                 return
             s.refresh(latest)
         if latest is not None and latest.state in CLAIMED:
             if self.cfg.selection.late_instances == "ignore":
                 note = f"; late instances ignored (job {latest.id} had already started)"
                 x.decision_reason = (x.decision_reason or "") + note
-                self._event(
+                add_event(
                     s,
                     "late_instances_ignored",
                     note.lstrip("; "),
                     study=study.id,
                     series=x.id,
                     job=latest.id,
-                    now=now,
+                    at=now,
                 )
                 return
             reason = f"{ev.reason}; reprocess: instances arrived after job {latest.id} started"
         else:
             reason = ev.reason
-        job = Job(
-            series_fk=x.id,
-            study_fk=study.id,
-            state="queued",
-            reason=reason,
-            created_at=now,
-            updated_at=now,
-            **fields,
-        )
-        s.add(job)
-        s.flush()
-        self._event(s, "job_queued", reason, study=study.id, series=x.id, job=job.id, now=now)
-        log.info("series %d: job %d queued", x.id, job.id)
+        job_id = queue_job(s, series=x.id, study=study.id, reason=reason, now=now, **fields)
+        log.info("series %d: job %d queued", x.id, job_id)

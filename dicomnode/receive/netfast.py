@@ -15,8 +15,19 @@ thread sleeps 1 ms on every loop, so each C-STORE round trip waits for several s
   negotiation (A-ASSOCIATE-RJ, "calling AE title not recognised").
 
 The reactor loops below follow pynetdicom 3.0's ``DULServiceProvider.run_reactor`` and
-``Association._run_reactor`` (MIT licence) with only the waiting changed; the module
-checks the pynetdicom version it was written against.
+``Association._run_reactor`` (MIT licence) with only the waiting changed.
+
+Why private ground: pynetdicom has no public setting for these waits (the 1 ms sleeps are
+literals in ``Association._run_reactor`` and ``DULServiceProvider._run_loop_delay``), so
+the gain needs its internals (``_dul_ready``, ``_kill``, ``_serve_request``, the server's
+``_handlers``, the AE's ``_servers``...). They are held still by an exact pin: the module
+refuses to import outside :data:`PYNETDICOM_TESTED` (pyproject pins the same range), and
+``tests/test_netfast_pin.py`` checks the range and every private name used. To move to a
+new pynetdicom minor, compare its ``dul.py``, ``association.py`` and ``transport.py`` with
+the loops here, then widen both pins together.
+
+``NodeServer(fast=False)`` keeps the allow-list but runs pynetdicom's own association,
+DUL, socket and C-STORE path (the node's ``DICOMNODE_ACCEPTOR=stock``, for comparison).
 """
 
 from __future__ import annotations
@@ -47,10 +58,28 @@ from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAsso
 
 LOGGER = logging.getLogger("dicomnode.receive.netfast")
 
-if not pynetdicom.__version__.startswith("3."):  # pragma: no cover - guarded by pyproject pin
-    raise ImportError(
-        f"dicomnode.receive.netfast was written for pynetdicom 3.x, found {pynetdicom.__version__}"
-    )
+PYNETDICOM_TESTED = ">=3.0,<3.1"
+"""The pynetdicom releases netfast is tested with (the pin in pyproject.toml)."""
+_TESTED_MINOR = (3, 0)
+
+
+def check_pynetdicom_version(version: str) -> None:
+    """Raise ImportError unless ``version`` is inside :data:`PYNETDICOM_TESTED`."""
+    try:
+        minor = tuple(int(part) for part in version.split(".")[:2])
+    except ValueError:
+        minor = ()
+    if minor != _TESTED_MINOR:
+        raise ImportError(
+            f"dicomnode.receive.netfast needs pynetdicom {PYNETDICOM_TESTED}, found {version}. "
+            "It replaces pynetdicom's reactor loops through private attributes that change "
+            "between minor releases. Install a pynetdicom in that range (pip install "
+            f"'pynetdicom{PYNETDICOM_TESTED}'), or port netfast to the new release and widen "
+            "PYNETDICOM_TESTED and the pin in pyproject.toml together."
+        )
+
+
+check_pynetdicom_version(pynetdicom.__version__)
 
 Admit = Callable[[str, str], str | None]
 """(calling AE title, peer address) -> None to admit, or the reason for refusing."""
@@ -210,7 +239,7 @@ class NodeACSE(ACSE):
         reason = admit(calling, peer) if admit is not None else None
         if reason is not None:
             self.requestor.ae_title = calling
-            cast(FastAssociation, self.assoc).reject_reason = reason
+            cast(NodeAssociation, self.assoc).reject_reason = reason
             LOGGER.warning("association from %s@%s refused: %s", calling, peer, reason)
             self.send_reject(0x01, 0x01, 0x03)  # permanent, service user, calling AE unknown
             evt.trigger(self.assoc, evt.EVT_REJECTED, {})
@@ -219,14 +248,21 @@ class NodeACSE(ACSE):
         super()._negotiate_as_acceptor()
 
 
-class FastAssociation(Association):
-    """Acceptor association with the event-driven DUL and a blocking reactor."""
+class NodeAssociation(Association):
+    """pynetdicom's acceptor association with the node's allow-list."""
 
     reject_reason: str | None = None
 
     def __init__(self, ae: Any, mode: str) -> None:
         super().__init__(ae, mode)
         self.acse = NodeACSE(self)
+
+
+class FastAssociation(NodeAssociation):
+    """Acceptor association with the event-driven DUL and a blocking reactor."""
+
+    def __init__(self, ae: Any, mode: str) -> None:
+        super().__init__(ae, mode)
         self.dul = FastDUL(self)
         # pynetdicom pushes the timeouts into the DUL when they are set: set them again.
         self.acse_timeout = self.ae.acse_timeout
@@ -281,24 +317,15 @@ class FastAssociation(Association):
                 self._serve_request(msg, cast(int, context_id))
             if self.is_established and self.acse.is_release_requested():
                 self.acse.send_release(is_response=True)
-                self.is_released = True
-                self.is_established = False
-                evt.trigger(self, evt.EVT_RELEASED, {})
-                self.kill()
+                self._end(evt.EVT_RELEASED)
                 return
             if self.acse.is_aborted():
                 self.dul.receive_pdu(wait=False)
-                self.is_aborted = True
-                self.is_established = False
-                evt.trigger(self, evt.EVT_ABORTED, {})
-                self.kill()
+                self._end(evt.EVT_ABORTED)
                 return
             if not self.dul.is_alive():
                 # the connection went away without release or abort: an abort for the audit
-                self.is_aborted = True
-                self.is_established = False
-                evt.trigger(self, evt.EVT_ABORTED, {})
-                self.kill()
+                self._end(evt.EVT_ABORTED)
                 return
             if self.dul.idle_timer_expired():
                 LOGGER.warning("network timeout: aborting the association")
@@ -306,18 +333,32 @@ class FastAssociation(Association):
                 self.kill()
                 return
 
+    def _end(self, event: evt.NotificationEvent) -> None:
+        """Mark the association released (EVT_RELEASED) or aborted, notify, stop."""
+        if event is evt.EVT_RELEASED:
+            self.is_released = True
+        else:
+            self.is_aborted = True
+        self.is_established = False
+        evt.trigger(self, event, {})
+        self.kill()
+
 
 class NodeRequestHandler(RequestHandler):
-    """Creates :class:`FastAssociation` acceptors (pynetdicom's handler otherwise)."""
+    """Creates :class:`FastAssociation` acceptors, or :class:`NodeAssociation` ones with
+    pynetdicom's socket when the server is not ``fast`` (pynetdicom's handler otherwise)."""
 
     def _create_association(self) -> Association:
         request = cast(socket.socket, self.request)
-        with contextlib.suppress(OSError):
-            request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        assoc = FastAssociation(self.ae, MODE_ACCEPTOR)
+        fast = cast(NodeServer, self.server).fast
+        if fast:
+            with contextlib.suppress(OSError):
+                request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        assoc = (FastAssociation if fast else NodeAssociation)(self.ae, MODE_ACCEPTOR)
         assoc._server = self.server
         assoc.name = f"AcceptorThread@{datetime.now():%Y%m%d%H%M%S}"
-        assoc.set_socket(FastSocket(assoc, client_socket=request))
+        sock_cls = FastSocket if fast else AssociationSocket
+        assoc.set_socket(sock_cls(assoc, client_socket=request))
         assoc.acceptor.maximum_length = self.ae.maximum_pdu_size
         assoc.acceptor.ae_title = self.server.ae_title
         assoc.acceptor.address_info = self.local
@@ -335,7 +376,11 @@ class NodeRequestHandler(RequestHandler):
 
 
 class NodeServer(ThreadedAssociationServer):
-    """Threaded association server using :class:`NodeRequestHandler` and an allow-list."""
+    """Threaded association server using :class:`NodeRequestHandler` and an allow-list.
+
+    ``fast=False``: pynetdicom's own association reactor, DUL, socket reads and C-STORE
+    path (``store_handler`` is then not used: bind EVT_C_STORE), for comparison.
+    """
 
     daemon_threads = True
 
@@ -350,9 +395,11 @@ class NodeServer(ThreadedAssociationServer):
         *,
         admit: Admit | None = None,
         store_handler: StoreHandler | None = None,
+        fast: bool = True,
     ) -> None:
         self.admit = admit
         self.store_handler = store_handler
+        self.fast = fast
         super().__init__(
             ae,
             address,
@@ -362,3 +409,12 @@ class NodeServer(ThreadedAssociationServer):
             evt_handlers=evt_handlers,
             request_handler=NodeRequestHandler,
         )
+
+    def attach(self) -> None:
+        """Register with the AE, so that ``ae.shutdown()`` also stops this server."""
+        self.ae._servers.append(self)
+
+    def detach(self) -> None:
+        """Undo :meth:`attach`."""
+        if self in self.ae._servers:
+            self.ae._servers.remove(self)

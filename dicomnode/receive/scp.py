@@ -5,6 +5,11 @@ The C-STORE handler never decodes pixels: it reads the few header attributes the
 database needs from the raw encoded data set, writes preamble + file meta + the data set
 bytes exactly as received to the archive (fsync, atomic rename), records the instance,
 and only then answers Success.
+
+Associations run on :mod:`dicomnode.receive.netfast`'s event-driven acceptor. With the
+environment variable ``DICOMNODE_ACCEPTOR=stock`` (read at ``start()``) they run on
+pynetdicom's own acceptor instead, allow-list kept: slower, for comparison (bench.ingest)
+or to rule netfast out when diagnosing.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import logging
+import os
 import socket
 import ssl
 import threading
@@ -24,14 +30,16 @@ from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
-from sqlalchemy import Engine, insert, update
+from sqlalchemy import Engine, Insert, insert, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from dicomnode.config import NodeConfig
 from dicomnode.db.models import AssociationAudit, utcnow
 from dicomnode.operate import metrics
 from dicomnode.receive.archive import Archive
-from dicomnode.receive.ingest import HeaderError, IngestStore, file_header, read_header
+from dicomnode.receive.filemeta import file_header
+from dicomnode.receive.headers import HeaderError, read_header
+from dicomnode.receive.ingest import IngestStore
 from dicomnode.receive.netfast import NodeServer
 from dicomnode.receive.series_facts import (
     ARCHIVE_ONLY_CLASSES,
@@ -46,6 +54,11 @@ STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_MISMATCH = 0xA900
 STATUS_CANNOT_UNDERSTAND = 0xC000
 STATUS_PROCESSING_FAILURE = 0x0110
+
+ACCEPTOR_ENV = "DICOMNODE_ACCEPTOR"
+"""Environment variable choosing the acceptor: ``netfast`` (default) or ``stock``."""
+
+_COUNTS = ("requests", "stored", "duplicates", "failures", "bytes_received")
 
 
 @dataclass
@@ -66,6 +79,22 @@ class AssocStats:
     failures: int = 0
     bytes_received: int = 0
     refused_disk: int = 0
+
+    def insert_audit(self, **values: Any) -> Insert:
+        """An INSERT of this association's audit row with ``values`` for the other columns."""
+        return insert(AssociationAudit).values(
+            calling_ae=self.calling_ae,
+            called_ae=self.called_ae,
+            peer_host=self.peer_host,
+            peer_port=self.peer_port,
+            tls=self.tls,
+            started_at=self.started_at,
+            **values,
+        )
+
+    def counts(self) -> dict[str, int]:
+        """The audit row's counters."""
+        return {name: getattr(self, name) for name in _COUNTS}
 
 
 def _norm_addr(addr: str) -> str:
@@ -91,8 +120,9 @@ def build_ssl_context(cfg: NodeConfig) -> ssl.SSLContext | None:
     tls = cfg.network.tls
     if not tls.enabled:
         return None
+    if tls.cert_file is None or tls.key_file is None:
+        raise ValueError("network.tls.enabled needs network.tls.cert_file and key_file")
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    assert tls.cert_file is not None and tls.key_file is not None  # validated by config
     ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
     if tls.ca_file is not None:
         ctx.load_verify_locations(cafile=str(tls.ca_file))
@@ -100,6 +130,14 @@ def build_ssl_context(cfg: NodeConfig) -> ssl.SSLContext | None:
     else:
         ctx.verify_mode = ssl.CERT_NONE
     return ctx
+
+
+def fast_acceptor() -> bool:
+    """Whether to use netfast's acceptor (``DICOMNODE_ACCEPTOR`` unset or ``netfast``)."""
+    choice = os.environ.get(ACCEPTOR_ENV, "netfast").strip().lower() or "netfast"
+    if choice not in ("netfast", "stock"):
+        raise ValueError(f"{ACCEPTOR_ENV} must be 'netfast' or 'stock', not {choice!r}")
+    return choice == "netfast"
 
 
 class StorageSCP:
@@ -156,6 +194,7 @@ class StorageSCP:
         self._hosts = {
             a.host: _resolve(a.host) for a in self.cfg.access.allowed if a.host is not None
         }
+        fast = fast_acceptor()
         self.archive.clean_incoming()
         if self.store.closed:
             self.store = self._make_store()
@@ -178,23 +217,25 @@ class StorageSCP:
                 evt_handlers=handlers,
                 admit=self.admit,
                 store_handler=self.handle_store,
+                fast=fast,
             )
         except OSError as exc:
             raise OSError(
                 exc.errno, f"cannot listen on {net.bind_address}:{net.port}: {exc.strerror}"
             ) from exc
-        self.ae._servers.append(self._server)
+        self._server.attach()
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True
         )
         self._thread.name = "dicomnode-scp"
         self._thread.start()
         log.info(
-            "SCP %s listening on %s:%d%s",
+            "SCP %s listening on %s:%d%s%s",
             self.cfg.ae_title,
             net.bind_address,
             self.port,
             " (TLS)" if net.tls.enabled else "",
+            "" if fast else " (stock pynetdicom acceptor)",
         )
 
     def stop(self, grace_s: float = 10.0) -> None:
@@ -210,8 +251,7 @@ class StorageSCP:
             assoc.abort()
         server.server_close()
         self.store.close()
-        if server in self.ae._servers:
-            self.ae._servers.remove(server)
+        server.detach()
         self._server = None
         log.info("SCP stopped")
 
@@ -260,22 +300,9 @@ class StorageSCP:
         try:
             with self.engine.begin() as conn:
                 st.audit_id = conn.execute(
-                    insert(AssociationAudit)
-                    .values(
-                        calling_ae=st.calling_ae,
-                        called_ae=st.called_ae,
-                        peer_host=st.peer_host,
-                        peer_port=st.peer_port,
-                        tls=st.tls,
-                        started_at=st.started_at,
-                        outcome="open",
-                        requests=0,
-                        stored=0,
-                        duplicates=0,
-                        failures=0,
-                        bytes_received=0,
+                    st.insert_audit(outcome="open", **dict.fromkeys(_COUNTS, 0)).returning(
+                        AssociationAudit.id
                     )
-                    .returning(AssociationAudit.id)
                 ).scalar_one()
         except SQLAlchemyError as exc:
             log.error("cannot write the association audit row: %s", exc)
@@ -305,26 +332,12 @@ class StorageSCP:
             "duration_s": round(duration, 6),
             "outcome": outcome,
             "reason": reason,
-            "requests": st.requests,
-            "stored": st.stored,
-            "duplicates": st.duplicates,
-            "failures": st.failures,
-            "bytes_received": st.bytes_received,
+            **st.counts(),
         }
         try:
             with self.engine.begin() as conn:
                 if st.audit_id is None:
-                    conn.execute(
-                        insert(AssociationAudit).values(
-                            calling_ae=st.calling_ae,
-                            called_ae=st.called_ae,
-                            peer_host=st.peer_host,
-                            peer_port=st.peer_port,
-                            tls=st.tls,
-                            started_at=st.started_at,
-                            **values,
-                        )
-                    )
+                    conn.execute(st.insert_audit(**values))
                 else:
                     conn.execute(
                         update(AssociationAudit)
@@ -359,7 +372,8 @@ class StorageSCP:
     def _on_store(self, event: Event) -> int:
         """EVT_C_STORE binding (used when the fast path is not)."""
         req = event.request
-        assert isinstance(req, C_STORE)
+        if not isinstance(req, C_STORE):
+            raise TypeError(f"EVT_C_STORE carried a {type(req).__name__}, not a C-STORE")
         return self.handle_store(event.assoc, req, str(event.context.transfer_syntax))
 
     def handle_store(self, assoc: Association, req: C_STORE, ts: str) -> int:

@@ -8,34 +8,20 @@ from __future__ import annotations
 from typing import Any
 
 from pydicom import uid as sc
-from pydicom.uid import (
-    JPEG2000,
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-    JPEG2000Lossless,
-    JPEGBaseline8Bit,
-    JPEGExtended12Bit,
-    JPEGLossless,
-    JPEGLosslessSV1,
-    JPEGLSLossless,
-    JPEGLSNearLossless,
-    RLELossless,
-)
 
 TRANSFER_SYNTAXES: list[str] = [
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-    DeflatedExplicitVRLittleEndian,
-    JPEGBaseline8Bit,
-    JPEGExtended12Bit,
-    JPEGLossless,
-    JPEGLosslessSV1,
-    JPEGLSLossless,
-    JPEGLSNearLossless,
-    JPEG2000Lossless,
-    JPEG2000,
-    RLELossless,
+    sc.ExplicitVRLittleEndian,
+    sc.ImplicitVRLittleEndian,
+    sc.DeflatedExplicitVRLittleEndian,
+    sc.JPEGBaseline8Bit,
+    sc.JPEGExtended12Bit,
+    sc.JPEGLossless,
+    sc.JPEGLosslessSV1,
+    sc.JPEGLSLossless,
+    sc.JPEGLSNearLossless,
+    sc.JPEG2000Lossless,
+    sc.JPEG2000,
+    sc.RLELossless,
 ]
 """Accepted for every storage class; the sender's choice is stored as sent."""
 

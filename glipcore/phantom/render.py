@@ -1,7 +1,7 @@
 """Sampling a case on a grid: analytic image at the voxel centres, then noise.
 
 Blur is analytic and in mm: sigma^2 = psf^2 + (voxel width as a FWHM)^2 (+ motion^2 for
-what beats). The voxel term matches the anti-aliasing of :func:`glipcore.volume.to_model_grid`
+what beats). The voxel term matches the anti-aliasing of :func:`glipcore.preprocess.to_model_grid`
 (FWHM^2 adds up: 0.4^2 + (1.6^2 - 0.4^2) = 1.6^2), so a case rendered on the 1.6 mm grid
 agrees with its full-size rendering resampled there. Noise is specified at the native
 0.4 x 0.4 x 0.5 mm sampling (slightly correlated there) and its SD scales with
@@ -230,12 +230,12 @@ def grid_for(case: PhantomCase, preset: str) -> tuple[FloatArray, tuple[int, int
 
     - "full": 512 x 512 at the case's pixel spacing (0.35-0.45 mm), 320 slices of 0.5 mm;
     - "fast": 128 x 128 at 1.25 mm, 80 slices of 1.25 mm (a 160 x 160 x 100 mm box);
-    - "model": the 1.6 mm grid that :func:`glipcore.volume.to_model_grid` makes of "full"
+    - "model": the 1.6 mm grid that :func:`glipcore.preprocess.to_model_grid` makes of "full"
       (same origin, covering the whole full-size scan)."""
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
     if preset == "model":
-        from glipcore.volume import model_grid
+        from glipcore.preprocess import model_grid
 
         full_affine, full_shape = grid_for(case, "full")
         return model_grid(full_affine, full_shape, 1.6)

@@ -1,4 +1,4 @@
-"""Deliveries: list them and requeue dead, failed or chosen ones."""
+"""Deliveries: list them and requeue dead or chosen ones."""
 
 from __future__ import annotations
 
@@ -12,8 +12,15 @@ from sqlalchemy.orm import Session
 
 from dicomnode.db.models import Delivery, Job, Result, Study, utcnow
 from dicomnode.db.session import session_factory
-from dicomnode.operate.admin.common import DELIVERY_STATES, _check_choice, _event
+from dicomnode.deliver.states import DeliveryState
+from dicomnode.operate.admin.common import (
+    DELIVERY_STATES,
+    check_choice,
+    equal_to,
+    join_job_study,
+)
 from dicomnode.operate.admin.errors import AdminError
+from dicomnode.process.events import add_event
 
 
 @dataclass(frozen=True)
@@ -35,8 +42,9 @@ class DeliveryRow:
     sent_at: datetime | None
 
 
-def _delivery_rows(s: Session, *where: Any, limit: int | None = None) -> list[DeliveryRow]:
-    q = (
+def delivery_rows(s: Session, *where: Any, limit: int | None = None) -> list[DeliveryRow]:
+    """The deliveries matching ``where`` (on deliveries, results, jobs, studies), newest first."""
+    q = join_job_study(
         select(
             Delivery.id,
             Delivery.result_fk,
@@ -51,13 +59,9 @@ def _delivery_rows(s: Session, *where: Any, limit: int | None = None) -> list[De
             Delivery.sop_instance_uid,
             Delivery.created_at,
             Delivery.sent_at,
-        )
-        .join(Result, Result.id == Delivery.result_fk)
-        .join(Job, Job.id == Result.job_fk)
-        .join(Study, Study.id == Job.study_fk)
-        .where(*where)
-        .order_by(Delivery.id.desc())
+        ).join(Result, Result.id == Delivery.result_fk)
     )
+    q = q.where(*where).order_by(Delivery.id.desc())
     if limit is not None:
         q = q.limit(limit)
     return [DeliveryRow(*cast(tuple[Any, ...], r)) for r in s.execute(q).all()]
@@ -70,14 +74,10 @@ def list_deliveries(
     limit: int = 100,
 ) -> list[DeliveryRow]:
     """The newest deliveries (optionally by state and destination), newest first."""
-    _check_choice(state, DELIVERY_STATES, "delivery state")
-    where = []
-    if state is not None:
-        where.append(Delivery.state == state)
-    if destination is not None:
-        where.append(Delivery.destination == destination)
+    check_choice(state, DELIVERY_STATES, "delivery state")
+    where = equal_to((Delivery.state, state), (Delivery.destination, destination))
     with session_factory(engine)() as s:
-        return _delivery_rows(s, *where, limit=limit)
+        return delivery_rows(s, *where, limit=limit)
 
 
 def requeue_deliveries(
@@ -88,7 +88,7 @@ def requeue_deliveries(
 ) -> int:
     """Send deliveries again: state pending, attempts 0, next attempt now.
 
-    Without ``ids``: every dead (or failed) delivery, of ``destination`` when given. With
+    Without ``ids``: every dead delivery, of ``destination`` when given. With
     ``ids``: those deliveries, which may also be pending (to retry now); unknown or already
     sent ids are refused with :class:`AdminError` and nothing changes. Records an Event
     ``delivery_requeued`` per delivery; returns how many were requeued.
@@ -105,9 +105,7 @@ def requeue_deliveries(
             rows = s.execute(q.where(Delivery.id.in_(wanted)).with_for_update()).all()
             _check_requeue_ids(wanted, [d for d, *_ in rows])
         else:
-            rows = s.execute(
-                q.where(Delivery.state.in_(("dead", "failed"))).with_for_update()
-            ).all()
+            rows = s.execute(q.where(Delivery.state == DeliveryState.DEAD).with_for_update()).all()
         if destination is not None:
             rows = [r for r in rows if r[0].destination == destination]
         for d, job_id, series_id, study_id in rows:
@@ -117,9 +115,14 @@ def requeue_deliveries(
             )
             if d.last_error:
                 detail += f"; last error: {d.last_error}"
-            d.state, d.attempts, d.next_attempt_at, d.updated_at = "pending", 0, now, now
-            _event(
-                s, now, "delivery_requeued", detail, job=job_id, series=series_id, study=study_id
+            d.state, d.attempts, d.next_attempt_at, d.updated_at = (
+                DeliveryState.PENDING,
+                0,
+                now,
+                now,
+            )
+            add_event(
+                s, "delivery_requeued", detail, job=job_id, series=series_id, study=study_id, at=now
             )
         return len(rows)
 
@@ -132,9 +135,9 @@ def _check_requeue_ids(wanted: list[int], found: Iterable[Delivery]) -> None:
             f"no deliveries with id {', '.join(map(str, missing))}; nothing was requeued",
             hint="`dicomnode deliveries list` shows the deliveries",
         )
-    sent = sorted(d.id for d in found if d.state == "sent")
+    sent = sorted(d.id for d in found if d.state == DeliveryState.SENT)
     if sent:
         raise AdminError(
             f"deliveries {', '.join(map(str, sent))} were already sent; nothing was requeued",
-            hint="only dead, failed or pending deliveries can be requeued",
+            hint="only dead or pending deliveries can be requeued",
         )

@@ -11,7 +11,7 @@ from sqlalchemy import Engine, select
 
 from dicomnode.db.models import Job, ModelVersion, Result, Series, Study
 from dicomnode.db.session import session_factory
-from dicomnode.operate.admin.common import _iso
+from dicomnode.operate.admin.common import iso, join_job_study
 
 LANDMARK_ORDER = ("RCC", "LCC", "NCC")
 
@@ -60,17 +60,17 @@ def export_results_csv(engine: Engine, out: TextIO) -> int:
     key present (sorted), confidence_<landmark>, and flags joined by "; ".
     """
     q = (
-        select(
-            Result,
-            Study.id,
-            Study.study_instance_uid,
-            Study.accession_number,
-            Study.study_date,
-            Series.series_instance_uid,
-            ModelVersion.trained_on_phantom,
+        join_job_study(
+            select(
+                Result,
+                Study.id,
+                Study.study_instance_uid,
+                Study.accession_number,
+                Study.study_date,
+                Series.series_instance_uid,
+                ModelVersion.trained_on_phantom,
+            )
         )
-        .join(Job, Job.id == Result.job_fk)
-        .join(Study, Study.id == Job.study_fk)
         .join(Series, Series.id == Job.series_fk)
         .outerjoin(ModelVersion, ModelVersion.id == Result.model_version_fk)
         .order_by(Study.id, Result.created_at, Result.id)
@@ -112,7 +112,7 @@ def export_results_csv(engine: Engine, out: TextIO) -> int:
             study_date,
             series_uid,
             r.id,
-            _iso(r.created_at),
+            iso(r.created_at),
             r.status,
             r.model_version,
             phantom,

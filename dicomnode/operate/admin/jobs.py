@@ -11,8 +11,8 @@ from sqlalchemy.orm import Session
 
 from dicomnode.db.models import Event, Job, ModelVersion, Result, Series, Study
 from dicomnode.db.session import session_factory
-from dicomnode.operate.admin.common import JOB_STATES, _check_choice
-from dicomnode.operate.admin.deliveries import DeliveryRow, _delivery_rows
+from dicomnode.operate.admin.common import JOB_STATES, check_choice, equal_to, from_attrs
+from dicomnode.operate.admin.deliveries import DeliveryRow, delivery_rows
 from dicomnode.operate.admin.errors import AdminError
 
 
@@ -111,29 +111,36 @@ def _job_query(*where: Any) -> Any:
     )
 
 
-def _job_rows(s: Session, *where: Any, limit: int | None = None) -> list[JobRow]:
+def job_rows(s: Session, *where: Any, limit: int | None = None) -> list[JobRow]:
+    """The jobs matching ``where``, newest first."""
     q = _job_query(*where).order_by(Job.id.desc())
     if limit is not None:
         q = q.limit(limit)
     return [JobRow(*row) for row in s.execute(q).all()]
 
 
-def _one_job(s: Session, job_id: int) -> JobRow:
-    rows = _job_rows(s, Job.id == job_id)
+def no_job(job_id: int) -> AdminError:
+    """The refusal for an unknown job id."""
+    return AdminError(f"no job {job_id}", hint="`dicomnode jobs list` shows the jobs")
+
+
+def one_job(s: Session, job_id: int) -> JobRow:
+    """Job ``job_id``; :class:`AdminError` when there is none."""
+    rows = job_rows(s, Job.id == job_id)
     if not rows:
-        raise AdminError(f"no job {job_id}", hint="`dicomnode jobs list` shows the jobs")
+        raise no_job(job_id)
     return rows[0]
 
 
 def list_jobs(engine: Engine, state: str | None = None, limit: int = 50) -> list[JobRow]:
     """The newest jobs (optionally in one state), newest first."""
-    _check_choice(state, JOB_STATES, "job state")
-    where = [Job.state == state] if state is not None else []
+    check_choice(state, JOB_STATES, "job state")
     with session_factory(engine)() as s:
-        return _job_rows(s, *where, limit=limit)
+        return job_rows(s, *equal_to((Job.state, state)), limit=limit)
 
 
-def _events(s: Session, *where: Any) -> list[EventRow]:
+def event_rows(s: Session, *where: Any) -> list[EventRow]:
+    """The events matching ``where``, oldest first."""
     q = select(Event.id, Event.at, Event.kind, Event.detail, Event.job_fk, Event.series_fk).where(
         *where
     )
@@ -142,38 +149,22 @@ def _events(s: Session, *where: Any) -> list[EventRow]:
 
 def _results(s: Session, *where: Any) -> list[ResultRow]:
     rows = s.scalars(select(Result).where(*where).order_by(Result.id)).all()
-    return [
-        ResultRow(
-            id=r.id,
-            job_id=r.job_fk,
-            status=r.status,
-            model_version=r.model_version,
-            created_at=r.created_at,
-            landmarks_lps=r.landmarks_lps,
-            plane=r.plane,
-            measurements=r.measurements,
-            confidence=r.confidence,
-            flags=r.flags,
-            summary=r.summary,
-            outputs=r.outputs,
-        )
-        for r in rows
-    ]
+    return [from_attrs(ResultRow, r, job_id=r.job_fk) for r in rows]
 
 
 def job_detail(engine: Engine, job_id: int) -> JobDetail:
     """A job with its results, their deliveries and the job's events."""
     with session_factory(engine)() as s:
-        row = _one_job(s, job_id)
         job = s.get(Job, job_id)
-        assert job is not None
+        if job is None:
+            raise no_job(job_id)
         results = _results(s, Result.job_fk == job_id)
         return JobDetail(
-            job=row,
+            job=one_job(s, job_id),
             phase_key=job.phase_key,
             phase_value=job.phase_value,
             instance_count=job.instance_count,
             results=results,
-            deliveries=_delivery_rows(s, Job.id == job_id),
-            events=_events(s, Event.job_fk == job_id),
+            deliveries=delivery_rows(s, Job.id == job_id),
+            events=event_rows(s, Event.job_fk == job_id),
         )

@@ -11,6 +11,7 @@ from sqlalchemy import Engine
 from dicomnode.config import NodeConfig
 from dicomnode.db.session import session_factory
 from dicomnode.learn.registry import known_versions
+from dicomnode.operate.admin.common import from_attrs
 
 
 @dataclass(frozen=True)
@@ -53,20 +54,7 @@ def list_models(engine: Engine, cfg: NodeConfig) -> ModelList:
     from glipcore.bundle import BundleError, read_manifest
 
     with session_factory(engine)() as s:
-        versions = [
-            ModelRow(
-                version=m.version,
-                name=m.name,
-                active=m.active,
-                trained_on_phantom=m.trained_on_phantom,
-                path=m.path,
-                sha256=m.sha256,
-                metrics=m.metrics,
-                created_at=m.created_at,
-                promoted_at=m.promoted_at,
-            )
-            for m in known_versions(s)
-        ]
+        versions = [from_attrs(ModelRow, m) for m in known_versions(s)]
     version: str | None = None
     error: str | None = None
     try:

@@ -11,9 +11,15 @@ from sqlalchemy.orm import Session
 
 from dicomnode.db.models import Event, Instance, Job, Series, Study
 from dicomnode.db.session import session_factory
-from dicomnode.operate.admin.common import SERIES_DECISIONS, SERIES_STATES, _check_choice
+from dicomnode.operate.admin.common import (
+    SERIES_DECISIONS,
+    SERIES_STATES,
+    check_choice,
+    equal_to,
+    from_attrs,
+)
 from dicomnode.operate.admin.errors import AdminError
-from dicomnode.operate.admin.jobs import EventRow, JobRow, _events, _job_rows
+from dicomnode.operate.admin.jobs import EventRow, JobRow, event_rows, job_rows
 
 
 @dataclass(frozen=True)
@@ -85,22 +91,11 @@ def _series_rows(s: Session, *where: Any, limit: int | None = None) -> list[Seri
     for x, study_uid, accession in rows:
         jid, jstate = latest.get(x.id, (None, None))
         out.append(
-            SeriesRow(
-                id=x.id,
-                series_instance_uid=x.series_instance_uid,
+            from_attrs(
+                SeriesRow,
+                x,
                 study_instance_uid=study_uid,
                 accession_number=accession,
-                modality=x.modality,
-                series_number=x.series_number,
-                series_description=x.series_description,
-                state=x.state,
-                decision=x.decision,
-                decision_reason=x.decision_reason,
-                instance_count=x.instance_count,
-                first_received_at=x.first_received_at,
-                last_received_at=x.last_received_at,
-                completed_at=x.completed_at,
-                completion=x.completion,
                 latest_job_id=jid,
                 latest_job_state=jstate,
             )
@@ -112,13 +107,9 @@ def list_series(
     engine: Engine, state: str | None = None, decision: str | None = None, limit: int = 50
 ) -> list[SeriesRow]:
     """The newest series (optionally by state and decision), newest first."""
-    _check_choice(state, SERIES_STATES, "series state")
-    _check_choice(decision, SERIES_DECISIONS, "series decision")
-    where = []
-    if state is not None:
-        where.append(Series.state == state)
-    if decision is not None:
-        where.append(Series.decision == decision)
+    check_choice(state, SERIES_STATES, "series state")
+    check_choice(decision, SERIES_DECISIONS, "series decision")
+    where = equal_to((Series.state, state), (Series.decision, decision))
     with session_factory(engine)() as s:
         return _series_rows(s, *where, limit=limit)
 
@@ -130,14 +121,13 @@ def series_detail(engine: Engine, ref: int | str) -> SeriesDetail:
     cond = Series.id == int(ref_s) if by_id else Series.series_instance_uid == ref_s
     with session_factory(engine)() as s:
         rows = _series_rows(s, cond)
-        if not rows:
+        x = s.get(Series, rows[0].id) if rows else None
+        if x is None:
             raise AdminError(
                 f"no series {'with id ' if by_id else ''}{ref_s}",
                 hint="`dicomnode series list` shows the series",
             )
         row = rows[0]
-        x = s.get(Series, row.id)
-        assert x is not None
         study = s.get(Study, x.study_fk)
         inst = s.execute(
             select(
@@ -164,6 +154,6 @@ def series_detail(engine: Engine, ref: int | str) -> SeriesDetail:
             frame_of_reference_uid=x.frame_of_reference_uid,
             study_purged_at=study.purged_at if study is not None else None,
             instances=stats,
-            jobs=_job_rows(s, Job.series_fk == x.id),
-            events=_events(s, Event.series_fk == x.id),
+            jobs=job_rows(s, Job.series_fk == x.id),
+            events=event_rows(s, Event.series_fk == x.id),
         )

@@ -11,16 +11,17 @@ from sqlalchemy.orm import Session
 
 from dicomnode.config import NodeConfig
 from dicomnode.db import migrate
-from dicomnode.db.models import Delivery, Job, Result, Study, utcnow
+from dicomnode.db.models import Delivery, Result, Study, utcnow
 from dicomnode.db.session import session_factory
+from dicomnode.deliver.states import DeliveryState
 from dicomnode.learn.registry import active_model
-from dicomnode.operate.admin.common import _iso, safe_url
+from dicomnode.operate.admin.common import iso, join_job_study, safe_url
 from dicomnode.operate.admin.status_counts import (
-    _deliveries,
-    _failures,
-    _jobs,
-    _series_counts,
-    _today,
+    delivery_counts,
+    failure_counts,
+    job_counts,
+    series_counts,
+    today_counts,
 )
 from dicomnode.operate.admin.status_types import (
     DiskStatus,
@@ -72,7 +73,7 @@ def _model_status(s: Session, cfg: NodeConfig) -> ModelStatus:
             name=mv.name,
             path=mv.path,
             trained_on_phantom=mv.trained_on_phantom,
-            promoted_at=_iso(mv.promoted_at),
+            promoted_at=iso(mv.promoted_at),
             error=f"bundle folder {mv.path} is missing" if missing else None,
         )
     path = cfg.bundle_path
@@ -136,21 +137,19 @@ def _problems(snap: StatusSnapshot) -> list[str]:
 
 def _recent_results(s: Session, limit: int = 5) -> list[RecentResult]:
     rows = s.execute(
-        select(Result, Study.study_instance_uid)
-        .join(Job, Job.id == Result.job_fk)
-        .join(Study, Study.id == Job.study_fk)
+        join_job_study(select(Result, Study.study_instance_uid))
         .order_by(Result.id.desc())
         .limit(limit)
     ).all()
     out: list[RecentResult] = []
     for res, study_uid in rows:
         states = list(s.scalars(select(Delivery.state).where(Delivery.result_fk == res.id)))
-        sent = states.count("sent")
+        sent = states.count(DeliveryState.SENT)
         if res.status == "withheld":
             outcome = "withheld"
         elif not states:
             outcome = "no destinations"
-        elif "dead" in states:
+        elif DeliveryState.DEAD in states:
             outcome = "delivery failed"
         elif sent == len(states):
             outcome = "delivered"
@@ -182,7 +181,7 @@ def status_snapshot(engine: Engine, cfg: NodeConfig, now: datetime | None = None
     current = migrate.current_revision(engine)
     head = migrate.head_revision()
     with session_factory(engine)() as s:
-        jobs, running = _jobs(s, now)
+        jobs, running = job_counts(s, now)
         snap = StatusSnapshot(
             generated_at=now.isoformat(),
             node=NodeInfo(
@@ -191,12 +190,12 @@ def status_snapshot(engine: Engine, cfg: NodeConfig, now: datetime | None = None
                 archive_dir=str(cfg.archive_dir),
             ),
             schema=SchemaStatus(current=current, head=head, ok=current == head),
-            today=_today(s, since),
-            series=_series_counts(s),
+            today=today_counts(s, since),
+            series=series_counts(s),
             jobs=jobs,
             running=running,
-            failures=_failures(s, since),
-            deliveries=_deliveries(s, now),
+            failures=failure_counts(s, since),
+            deliveries=delivery_counts(s, now),
             disk=_disk(cfg),
             model=_model_status(s, cfg),
             recent_results=_recent_results(s),

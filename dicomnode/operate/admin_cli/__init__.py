@@ -32,8 +32,6 @@ from dicomnode.operate.admin_cli.models import (
     models_register,
 )
 from dicomnode.operate.admin_cli.options import (
-    DeliveryState,
-    JobState,
     JsonOpt,
     LimitOpt,
     SeriesDecision,
@@ -52,8 +50,6 @@ __all__ = [
     "SERIES_HELP",
     "STATE_STYLES",
     "CliError",
-    "DeliveryState",
-    "JobState",
     "JsonOpt",
     "LimitOpt",
     "SeriesDecision",

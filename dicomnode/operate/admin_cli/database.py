@@ -47,9 +47,10 @@ def open_database(cfg: NodeConfig) -> Engine:
 
 
 @contextmanager
-def node_db(ctx: typer.Context) -> Iterator[tuple[NodeConfig, Engine]]:
-    """The configuration and an engine on its database, with readable errors."""
-    cfg = node_cli.node_config(ctx)
+def node_db(ctx: typer.Context, config: Path | None = None) -> Iterator[tuple[NodeConfig, Engine]]:
+    """The configuration (the command's ``--config``, else the global one) and an engine on
+    its database, with readable errors."""
+    cfg = node_cli.node_config(ctx, config)
     with cli_errors(ctx):
         engine = open_database(cfg)
         try:

@@ -7,12 +7,14 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
+from dicomnode.deliver.states import DeliveryState
 from dicomnode.operate import admin
 from dicomnode.operate.admin_cli.database import node_db
-from dicomnode.operate.admin_cli.format import _print_json, console, err_console
+from dicomnode.operate.admin_cli.format import console, err_console, print_json
 from dicomnode.operate.admin_cli.help import DELIVERIES_HELP
-from dicomnode.operate.admin_cli.options import DeliveryState, JsonOpt, LimitOpt
-from dicomnode.operate.admin_cli.tables import _deliveries_table
+from dicomnode.operate.admin_cli.options import JsonOpt, LimitOpt
+from dicomnode.operate.admin_cli.tables import deliveries_table
+from dicomnode.operate.node_cli import ConfigOpt
 
 deliveries_app = typer.Typer(help=DELIVERIES_HELP, no_args_is_help=True)
 
@@ -28,17 +30,18 @@ def deliveries_list(
     ] = None,
     limit: LimitOpt = 100,
     as_json: JsonOpt = False,
+    config: ConfigOpt = None,
 ) -> None:
     """List deliveries, newest first."""
-    with node_db(ctx) as (_cfg, engine):
+    with node_db(ctx, config) as (_cfg, engine):
         rows = admin.list_deliveries(engine, state.value if state else None, destination, limit)
     if as_json:
-        _print_json(rows)
+        print_json(rows)
         return
     if not rows:
         console.print("no deliveries")
         return
-    console.print(_deliveries_table(rows))
+    console.print(deliveries_table(rows))
 
 
 @deliveries_app.command("requeue")
@@ -51,11 +54,12 @@ def deliveries_requeue(
     destination: Annotated[
         str | None, typer.Option(help="Only deliveries to this destination (its name).")
     ] = None,
+    config: ConfigOpt = None,
 ) -> None:
     """Send dead deliveries again: state pending, attempts 0, next attempt now.
 
     Fix the cause first (`dicomnode echo DEST` tests the connection)."""
-    with node_db(ctx) as (cfg, engine):
+    with node_db(ctx, config) as (cfg, engine):
         names = [d.name for d in cfg.destinations]
         if destination is not None and destination not in names:
             known = ", ".join(names) or "none configured"

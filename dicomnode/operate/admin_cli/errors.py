@@ -3,7 +3,6 @@ traceback, unless the global ``--debug`` option is given."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -15,7 +14,7 @@ from dicomnode.operate.admin import AdminError
 from dicomnode.operate.admin_cli.format import err_console
 
 
-def _debug(ctx: typer.Context) -> bool:
+def debug_enabled(ctx: typer.Context) -> bool:
     obj = ctx.find_root().obj or {}
     return bool(obj.get("debug"))
 
@@ -33,10 +32,7 @@ def describe_error(exc: BaseException) -> tuple[str, str | None]:
     """The one-line message and hint for an exception."""
     from dicomnode.db.session import DatabaseError
     from dicomnode.learn.registry import RegistryError
-
-    # only a loaded glipcore.bundle can have raised a BundleError (it imports torch)
-    bundle_mod = sys.modules.get("glipcore.bundle")
-    bundle_error: type[Exception] = getattr(bundle_mod, "BundleError", CliError)
+    from glipcore.bundle import BundleError
 
     if isinstance(exc, CliError):
         return exc.message, exc.hint
@@ -44,7 +40,7 @@ def describe_error(exc: BaseException) -> tuple[str, str | None]:
         return str(exc), exc.hint
     if isinstance(exc, RegistryError):
         return str(exc), "`dicomnode models list` shows the registered versions"
-    if isinstance(exc, bundle_error):
+    if isinstance(exc, BundleError):
         return str(exc), "a bundle folder holds bundle.json and the fold*.pt files it lists"
     if isinstance(exc, DatabaseError):
         msg, _, hint = str(exc).partition(": run ")
@@ -82,7 +78,7 @@ def cli_errors(ctx: typer.Context) -> Iterator[None]:
     except (typer.Exit, typer.Abort, typer.TyperException, KeyboardInterrupt):
         raise
     except Exception as exc:
-        if _debug(ctx):
+        if debug_enabled(ctx):
             raise
         print_error(*describe_error(exc))
         raise typer.Exit(code=1) from None

@@ -19,11 +19,13 @@ console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
 
 
-def _print_json(value: Any) -> None:
+def print_json(value: Any) -> None:
+    """``value`` as indented JSON on stdout."""
     typer.echo(json.dumps(jsonable(value), indent=2))
 
 
-def _when(t: datetime | str | None) -> str:
+def fmt_when(t: datetime | str | None) -> str:
+    """A time in local time to the second (``-`` for none)."""
     if t is None:
         return "-"
     if isinstance(t, str):
@@ -31,7 +33,8 @@ def _when(t: datetime | str | None) -> str:
     return t.astimezone().strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _dur(seconds: float | None) -> str:
+def fmt_duration(seconds: float | None) -> str:
+    """A duration in its two largest units: ``45s``, ``3m 05s``, ``2h 10m``, ``1d 04h``."""
     if seconds is None:
         return "-"
     sign, s = ("-" if seconds < 0 else ""), int(abs(seconds))
@@ -44,11 +47,13 @@ def _dur(seconds: float | None) -> str:
     return f"{sign}{s // 86400}d {s % 86400 // 3600:02d}h"
 
 
-def _ago(t: datetime | None, now: datetime) -> str:
-    return "-" if t is None else _dur((now - t).total_seconds())
+def fmt_ago(t: datetime | None, now: datetime) -> str:
+    """How long before ``now`` ``t`` was."""
+    return "-" if t is None else fmt_duration((now - t).total_seconds())
 
 
-def _size(n: int | None) -> str:
+def fmt_size(n: int | None) -> str:
+    """A byte count in binary units (``1.5 GiB``)."""
     if n is None:
         return "-"
     value = float(n)
@@ -59,7 +64,8 @@ def _size(n: int | None) -> str:
     return f"{n} B"
 
 
-def _short_uid(uid: str, width: int = 18) -> str:
+def short_uid(uid: str, width: int = 18) -> str:
+    """The end of a long UID, at most ``width`` characters."""
     return uid if len(uid) <= width else "…" + uid[-(width - 1) :]
 
 
@@ -84,11 +90,13 @@ STATE_STYLES = {
 }
 
 
-def _state(s: str | None) -> Text:
+def state_text(s: str | None) -> Text:
+    """A state in its colour (:data:`STATE_STYLES`)."""
     return Text(s or "-", style=STATE_STYLES.get(s or "", ""))
 
 
-def _kv(rows: Sequence[tuple[str, RenderableType | str]]) -> Table:
+def kv_table(rows: Sequence[tuple[str, RenderableType | str]]) -> Table:
+    """Label / value rows without borders."""
     t = Table.grid(padding=(0, 1))
     t.add_column(style="bold")
     t.add_column(overflow="fold")
@@ -104,7 +112,8 @@ _WRAPPING = frozenset({"path", "description", "why"})
 _FILLING = frozenset({"reason", "last error", "detail"})
 
 
-def _table(title: str | None, *columns: str) -> Table:
+def make_table(title: str | None, *columns: str) -> Table:
+    """A list table: free-text columns wrap, the others stay on one line."""
     t = Table(
         title=title,
         box=box.SIMPLE_HEAD,

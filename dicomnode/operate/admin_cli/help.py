@@ -31,8 +31,8 @@ DELIVERIES_HELP = """Result objects (SR, SEG, key images) sent to the configured
 
 States:
   pending     to be sent (again) at next_attempt_at; retried with exponential backoff
+              (a failed attempt stays pending, with its error and attempt count)
   sent        the destination answered Success
-  failed      the last attempt failed; it is retried
   dead        refused for good, or delivery.max_attempts used: nothing retries it until an
               operator runs `dicomnode deliveries requeue`"""
 

@@ -11,9 +11,10 @@ from rich.text import Text
 
 from dicomnode.operate import admin
 from dicomnode.operate.admin_cli.database import node_db
-from dicomnode.operate.admin_cli.format import _print_json, _table, _when, console
+from dicomnode.operate.admin_cli.format import console, fmt_when, make_table, print_json
 from dicomnode.operate.admin_cli.help import MODELS_HELP
 from dicomnode.operate.admin_cli.options import JsonOpt
+from dicomnode.operate.node_cli import ConfigOpt
 
 models_app = typer.Typer(help=MODELS_HELP, no_args_is_help=True)
 
@@ -26,22 +27,22 @@ def _metric(mv_metrics: dict[str, Any] | None) -> str:
 
 
 @models_app.command("list")
-def models_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+def models_list(ctx: typer.Context, as_json: JsonOpt = False, config: ConfigOpt = None) -> None:
     """List registered model versions; mark the active one and the configuration default."""
-    with node_db(ctx) as (cfg, engine):
+    with node_db(ctx, config) as (cfg, engine):
         models = admin.list_models(engine, cfg)
     if as_json:
-        _print_json(models)
+        print_json(models)
         return
     if models.versions:
-        t = _table(None, "version", "active", "phantom", "test median mm", "promoted", "path")
+        t = make_table(None, "version", "active", "phantom", "test median mm", "promoted", "path")
         for v in models.versions:
             t.add_row(
                 Text(v.version, style="bold" if v.active else ""),
                 Text("active", style="green") if v.active else Text(""),
                 "yes" if v.trained_on_phantom else "no",
                 _metric(v.metrics),
-                _when(v.promoted_at),
+                fmt_when(v.promoted_at),
                 v.path,
             )
         console.print(t)
@@ -60,13 +61,14 @@ def models_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
 def models_register(
     ctx: typer.Context,
     path: Annotated[Path, typer.Argument(help="Bundle folder (holds bundle.json).")],
+    config: ConfigOpt = None,
 ) -> None:
     """Verify a model bundle (schema and checksums) and record its version, without
     making it active."""
     from dicomnode.db.session import session_factory, session_scope
     from dicomnode.learn.registry import register_bundle
 
-    with node_db(ctx) as (_cfg, engine), session_scope(session_factory(engine)) as s:
+    with node_db(ctx, config) as (_cfg, engine), session_scope(session_factory(engine)) as s:
         mv = register_bundle(s, path)
         version, phantom = mv.version, mv.trained_on_phantom
     console.print(f"registered {version}" + (" (trained on phantoms)" if phantom else ""))
@@ -78,6 +80,7 @@ def models_promote(
     version: Annotated[
         str, typer.Argument(help="A registered version, or a bundle folder (registered first).")
     ],
+    config: ConfigOpt = None,
 ) -> None:
     """Make a model version the active one (exactly one is active).
 
@@ -87,7 +90,7 @@ def models_promote(
     from dicomnode.db.session import session_factory, session_scope
     from dicomnode.learn.registry import promote, register_bundle
 
-    with node_db(ctx) as (_cfg, engine), session_scope(session_factory(engine)) as s:
+    with node_db(ctx, config) as (_cfg, engine), session_scope(session_factory(engine)) as s:
         target = version
         if Path(version).is_dir():
             target = register_bundle(s, Path(version)).version

@@ -1,4 +1,5 @@
-"""State choices and options shared by the admin commands."""
+"""Series choices and options shared by the admin commands (job and delivery choices are
+the lifecycle's own enums, :mod:`dicomnode.process.jobs` and :mod:`dicomnode.deliver.states`)."""
 
 from __future__ import annotations
 
@@ -6,18 +7,6 @@ from enum import StrEnum
 from typing import Annotated
 
 import typer
-
-
-class JobState(StrEnum):
-    """Job states (see ``dicomnode jobs --help``)."""
-
-    queued = "queued"
-    held = "held"
-    running = "running"
-    done = "done"
-    failed = "failed"
-    superseded = "superseded"
-    cancelled = "cancelled"
 
 
 class SeriesState(StrEnum):
@@ -33,15 +22,6 @@ class SeriesDecision(StrEnum):
     selected = "selected"
     not_selected = "not_selected"
     superseded = "superseded"
-
-
-class DeliveryState(StrEnum):
-    """Delivery states."""
-
-    pending = "pending"
-    sent = "sent"
-    failed = "failed"
-    dead = "dead"
 
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (for scripts) instead.")]

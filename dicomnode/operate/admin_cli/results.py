@@ -14,6 +14,7 @@ from dicomnode.operate.admin_cli.database import node_db
 from dicomnode.operate.admin_cli.errors import CliError
 from dicomnode.operate.admin_cli.format import err_console
 from dicomnode.operate.admin_cli.help import RESULTS_HELP
+from dicomnode.operate.node_cli import ConfigOpt
 
 results_app = typer.Typer(help=RESULTS_HELP, no_args_is_help=True)
 
@@ -30,6 +31,7 @@ def results_export(
             "--out", "-o", help="Write to this file (default: standard output).", dir_okay=False
         ),
     ] = None,
+    config: ConfigOpt = None,
 ) -> None:
     """Export the latest result of every study as CSV, for researchers.
 
@@ -38,7 +40,7 @@ def results_export(
     trained_on_phantom; RCC_x..NCC_z (patient LPS mm); plane_origin_x.._z and
     plane_normal_x.._z; every measurement present (e.g. coplanar angles, in degrees);
     confidence_RCC..NCC; flags joined by "; "."""
-    with node_db(ctx) as (_cfg, engine):
+    with node_db(ctx, config) as (_cfg, engine):
         if out is not None and not out.parent.is_dir():
             raise CliError(
                 f"cannot write {out}: the folder {out.parent} does not exist",

@@ -15,30 +15,31 @@ from dicomnode.operate import admin
 from dicomnode.operate.admin_cli.database import node_db
 from dicomnode.operate.admin_cli.format import (
     STATE_STYLES,
-    _ago,
-    _dur,
-    _kv,
-    _print_json,
-    _short_uid,
-    _size,
-    _table,
-    _when,
     console,
+    fmt_ago,
+    fmt_duration,
+    fmt_size,
+    fmt_when,
+    kv_table,
+    make_table,
+    print_json,
+    short_uid,
 )
 from dicomnode.operate.admin_cli.options import JsonOpt
+from dicomnode.operate.node_cli import ConfigOpt
 
 
-def status(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+def status(ctx: typer.Context, as_json: JsonOpt = False, config: ConfigOpt = None) -> None:
     """The node on one screen (--json for scripts and monitoring).
 
     Today's associations and instances (since local midnight), series by state, jobs by
     state and the queue depth, running jobs with their age, worker and lease, failed jobs
     with their reasons, deliveries pending and dead, free disk against the watermark, the
     model version in use, and a list of problems. The JSON carries no patient data."""
-    with node_db(ctx) as (cfg, engine):
+    with node_db(ctx, config) as (cfg, engine):
         snap = admin.status_snapshot(engine, cfg)
     if as_json:
-        _print_json(snap)
+        print_json(snap)
         return
     console.print(render_status(snap))
 
@@ -50,40 +51,43 @@ def render_status(snap: admin.StatusSnapshot) -> RenderableType:
     src = "active version" if model["source"] == "database" else "configuration default"
     phantom = " · [yellow]trained on phantoms[/]" if model["trained_on_phantom"] else ""
     head = Text.from_markup(
-        f"[bold]{escape(snap['node']['ae_title'])}[/] · {_when(now)} · model "
+        f"[bold]{escape(snap['node']['ae_title'])}[/] · {fmt_when(now)} · model "
         f"[bold]{escape(model['version'] or '?')}[/] ({src}){phantom} · research use only"
     )
     today = snap["today"]
     outcomes = ", ".join(f"{k} {v}" for k, v in sorted(today["associations_by_outcome"].items()))
-    p_today = _kv(
+    p_today = kv_table(
         [
             ("associations", f"{today['associations']}" + (f" ({outcomes})" if outcomes else "")),
             ("instances", str(today["instances"])),
-            ("received", _size(today["bytes_received"])),
+            ("received", fmt_size(today["bytes_received"])),
         ]
     )
     ser = snap["series"]
-    p_series = _kv(
+    p_series = kv_table(
         [("receiving", str(ser["receiving"])), ("complete", str(ser["complete"]))]
         + [(f"  {k}", str(v)) for k, v in ser["by_decision"].items() if v]
     )
     jobs = snap["jobs"]
-    p_jobs = _kv(
+    p_jobs = kv_table(
         [(k, _state_count(k, v)) for k, v in jobs["by_state"].items() if v or k in ("queued",)]
-        + [("oldest queued", _dur(jobs["oldest_queued_age_s"]))]
+        + [("oldest queued", fmt_duration(jobs["oldest_queued_age_s"]))]
     )
     dl = snap["deliveries"]
-    p_dl = _kv(
+    p_dl = kv_table(
         [(k, _state_count(k, v)) for k, v in dl["by_state"].items()]
-        + [("due now", str(dl["due_now"])), ("oldest pending", _dur(dl["oldest_pending_age_s"]))]
+        + [
+            ("due now", str(dl["due_now"])),
+            ("oldest pending", fmt_duration(dl["oldest_pending_age_s"])),
+        ]
     )
     disk = snap["disk"]
     free_style = "bold red" if disk["below_watermark"] else "green"
-    p_disk = _kv(
+    p_disk = kv_table(
         [
-            ("free", Text(_size(disk["free_bytes"]), style=free_style)),
-            ("of", _size(disk["total_bytes"])),
-            ("watermark", _size(disk["min_free_bytes"])),
+            ("free", Text(fmt_size(disk["free_bytes"]), style=free_style)),
+            ("of", fmt_size(disk["total_bytes"])),
+            ("watermark", fmt_size(disk["min_free_bytes"])),
         ]
     )
     panels = Columns(
@@ -97,25 +101,25 @@ def render_status(snap: admin.StatusSnapshot) -> RenderableType:
     )
     parts: list[RenderableType] = [head, panels]
     if snap["running"]:
-        t = _table("running jobs", "job", "series", "worker", "age", "heartbeat", "lease")
+        t = make_table("running jobs", "job", "series", "worker", "age", "heartbeat", "lease")
         for r in snap["running"]:
             lease = Text("expired", style="bold red") if r["lease_expired"] else Text("ok")
             t.add_row(
                 str(r["id"]),
-                _short_uid(r["series_instance_uid"]),
+                short_uid(r["series_instance_uid"]),
                 r["worker_id"] or "-",
-                _dur(r["age_s"]),
-                _dur(r["heartbeat_age_s"]) + " ago",
+                fmt_duration(r["age_s"]),
+                fmt_duration(r["heartbeat_age_s"]) + " ago",
                 lease,
             )
         parts.append(t)
     if snap["recent_results"]:
-        t = _table("latest results", "result", "when", "study", "status", "sent", "outcome")
+        t = make_table("latest results", "result", "when", "study", "status", "sent", "outcome")
         for rr in snap["recent_results"]:
             t.add_row(
                 str(rr["result_id"]),
-                _ago(datetime.fromisoformat(rr["at"]), now) + " ago",
-                _short_uid(rr["study_instance_uid"]),
+                fmt_ago(datetime.fromisoformat(rr["at"]), now) + " ago",
+                short_uid(rr["study_instance_uid"]),
                 rr["status"],
                 f"{rr['sent']}/{rr['deliveries']}",
                 Text(rr["outcome"], style="green" if rr["outcome"] == "delivered" else ""),
@@ -123,15 +127,15 @@ def render_status(snap: admin.StatusSnapshot) -> RenderableType:
         parts.append(t)
     fails = snap["failures"]
     if fails["recent"]:
-        t = _table(
+        t = make_table(
             f"failed jobs ({fails['total']}, {fails['today']} today)", "job", "when", "reason"
         )
         for f in fails["recent"]:
             finished = datetime.fromisoformat(f["finished_at"]) if f["finished_at"] else None
-            t.add_row(str(f["id"]), _ago(finished, now) + " ago", f["reason"] or "-")
+            t.add_row(str(f["id"]), fmt_ago(finished, now) + " ago", f["reason"] or "-")
         parts.append(t)
     if dl["dead_recent"]:
-        t = _table(f"dead deliveries ({dl['dead']})", "id", "to", "kind", "tries", "last error")
+        t = make_table(f"dead deliveries ({dl['dead']})", "id", "to", "kind", "tries", "last error")
         for d in dl["dead_recent"]:
             t.add_row(
                 str(d["id"]),

@@ -10,31 +10,44 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from dicomnode.deliver.states import DeliveryState
 from dicomnode.operate import admin
-from dicomnode.operate.admin_cli.format import _ago, _kv, _short_uid, _state, _table, _when
+from dicomnode.operate.admin_cli.format import (
+    fmt_ago,
+    fmt_when,
+    kv_table,
+    make_table,
+    short_uid,
+    state_text,
+)
 
 
-def _jobs_table(rows: Sequence[admin.JobRow], now: datetime) -> Table:
-    t = _table(None, "job", "state", "try", "accession", "series", "worker", "since", "reason")
+def detail_panel(title: str, rows: Sequence[tuple[str, RenderableType | str]]) -> Panel:
+    """One object's label / value rows in a titled panel (``jobs show``, ``series show``)."""
+    return Panel(kv_table(rows), title=title, expand=False)
+
+
+def jobs_table(rows: Sequence[admin.JobRow], now: datetime) -> Table:
+    t = make_table(None, "job", "state", "try", "accession", "series", "worker", "since", "reason")
     for j in rows:
         last = j.finished_at or j.heartbeat_at or j.started_at or j.created_at
         t.add_row(
             str(j.id),
-            _state(j.state),
+            state_text(j.state),
             str(j.attempts),
             j.accession_number or "-",
-            j.series_description or _short_uid(j.series_instance_uid),
+            j.series_description or short_uid(j.series_instance_uid),
             j.worker_id or "-",
-            _ago(last, now),
+            fmt_ago(last, now),
             j.reason or "",
         )
     return t
 
 
-def _result_panel(r: admin.ResultRow) -> Panel:
+def result_panel(r: admin.ResultRow) -> Panel:
     lms = r.landmarks_lps or {}
     conf = r.confidence or {}
-    t = _table(None, "landmark", "x (mm)", "y (mm)", "z (mm)", "confidence")
+    t = make_table(None, "landmark", "x (mm)", "y (mm)", "z (mm)", "confidence")
     for name, xyz in lms.items():
         cells = [f"{float(c):.2f}" for c in xyz] if isinstance(xyz, list) else ["?"] * 3
         c = conf.get(name)
@@ -44,36 +57,36 @@ def _result_panel(r: admin.ResultRow) -> Panel:
         for k, v in sorted((r.measurements or {}).items())
     )
     rows: list[tuple[str, RenderableType | str]] = [
-        ("status", _state(r.status)),
+        ("status", state_text(r.status)),
         ("model", r.model_version or "-"),
-        ("created", _when(r.created_at)),
+        ("created", fmt_when(r.created_at)),
         ("measurements", meas or "-"),
         ("flags", "; ".join(map(str, r.flags or [])) or "-"),
     ]
     if r.summary:
         rows.append(("summary", r.summary))
-    return Panel(Group(_kv(rows), t), title=f"result {r.id}", expand=False)
+    return Panel(Group(kv_table(rows), t), title=f"result {r.id}", expand=False)
 
 
-def _events_table(events: Sequence[admin.EventRow]) -> RenderableType:
+def events_table(events: Sequence[admin.EventRow]) -> RenderableType:
     if not events:
         return Text("history: no events recorded", style="dim")
-    t = _table("history", "when", "event", "detail")
+    t = make_table("history", "when", "event", "detail")
     for e in events:
-        t.add_row(_when(e.at), e.kind, e.detail or "")
+        t.add_row(fmt_when(e.at), e.kind, e.detail or "")
     return t
 
 
-def _deliveries_table(rows: Sequence[admin.DeliveryRow], title: str | None = None) -> Table:
-    t = _table(title, "id", "job", "to", "kind", "state", "tries", "next try", "last error")
+def deliveries_table(rows: Sequence[admin.DeliveryRow], title: str | None = None) -> Table:
+    t = make_table(title, "id", "job", "to", "kind", "state", "tries", "next try", "last error")
     for d in rows:
-        nxt = _when(d.next_attempt_at) if d.state in ("pending", "failed") else "-"
+        nxt = fmt_when(d.next_attempt_at) if d.state == DeliveryState.PENDING else "-"
         t.add_row(
             str(d.id),
             str(d.job_id),
             d.destination,
             d.kind,
-            _state(d.state),
+            state_text(d.state),
             str(d.attempts),
             nxt,
             d.last_error or "",

@@ -15,9 +15,10 @@ from dicomnode.config import Destination, NodeConfig
 from dicomnode.operate import node_cli
 from dicomnode.operate.admin import jsonable
 from dicomnode.operate.admin_cli.database import node_db
-from dicomnode.operate.admin_cli.errors import CliError, _debug, cli_errors, print_error
-from dicomnode.operate.admin_cli.format import _table, console
+from dicomnode.operate.admin_cli.errors import CliError, cli_errors, debug_enabled, print_error
+from dicomnode.operate.admin_cli.format import console, make_table
 from dicomnode.operate.admin_cli.options import JsonOpt
+from dicomnode.operate.node_cli import ConfigOpt
 
 
 def _destination(cfg: NodeConfig, name: str) -> Destination:
@@ -51,20 +52,19 @@ def _optional_module(name: str, feature: str) -> Any:
 def echo(
     ctx: typer.Context,
     dest: Annotated[str, typer.Argument(help="Destination name from the configuration.")],
+    config: ConfigOpt = None,
 ) -> None:
     """C-ECHO a configured destination (tests the path that deliveries use).
 
     Uses the destination's host, port, AE title and TLS settings and the node's AE title."""
-    cfg = node_cli.node_config(ctx)
-    if not _debug(ctx):
+    cfg = node_cli.node_config(ctx, config)
+    if not debug_enabled(ctx):
         # pynetdicom logs a failed association at ERROR; the one-line report says it all
         logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
     with cli_errors(ctx):
         d = _destination(cfg, dest)
-        delivery = _optional_module("dicomnode.deliver.delivery", "C-ECHO")
-        ok, message = cast(Callable[[Destination, NodeConfig], tuple[bool, str]], delivery.echo)(
-            d, cfg
-        )
+        scu = _optional_module("dicomnode.deliver.scu", "C-ECHO")
+        ok, message = cast(Callable[[Destination, NodeConfig], tuple[bool, str]], scu.echo)(d, cfg)
     if ok:
         console.print(f"[green]ok:[/] {escape(message)}", soft_wrap=True)
         return
@@ -78,13 +78,14 @@ def purge(
         bool, typer.Option("--dry-run", help="Only report what would be deleted.")
     ] = False,
     as_json: JsonOpt = False,
+    config: ConfigOpt = None,
 ) -> None:
     """Delete archived images of delivered studies (--dry-run: only report).
 
     A study qualifies when all its results were delivered more than
     retention.delivered_days ago; its database rows stay, and studies with annotations are
     never purged (retraining needs them)."""
-    with node_db(ctx) as (cfg, engine):
+    with node_db(ctx, config) as (cfg, engine):
         retention = _optional_module("dicomnode.operate.retention", "purge")
         report = retention.purge(engine, cfg.archive_dir, cfg.retention, dry_run=dry_run)
     data = jsonable(report)
@@ -99,7 +100,7 @@ def purge(
     console.print(("dry run: " if dry_run else "") + escape(str(summary)), soft_wrap=True)
     failed = data.get("failed") if isinstance(data, dict) else None
     if isinstance(failed, dict) and failed:
-        t = _table("not purged", "study id", "why")
+        t = make_table("not purged", "study id", "why")
         for study_id, why in failed.items():
             t.add_row(str(study_id), str(why))
         console.print(t)
