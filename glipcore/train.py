@@ -158,7 +158,8 @@ def load_cases(cfg: TrainConfig, progress: bool = True) -> tuple[list[Case], dic
         rows = read_manifest(cfg.data.manifest)
         digest = hashlib.sha256(Path(cfg.data.manifest).read_bytes()).hexdigest()
         return cache.load_cases(rows, progress), {"manifest_sha256": digest, "source": "manifest"}
-    assert cfg.data.phantom is not None
+    if cfg.data.phantom is None:
+        raise ValueError("training data: set data.manifest or data.phantom in the configuration")
     return phantom_cases(cfg.data.phantom, cfg.preprocessing, cfg.data.cache_dir, progress)
 
 

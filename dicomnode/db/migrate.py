@@ -14,7 +14,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
-from dicomnode.db.session import make_engine
+from dicomnode.db.session import DatabaseError, make_engine
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "db" / "migrations"
 
@@ -46,7 +46,8 @@ def downgrade(url: str, revision: str) -> None:
 def head_revision() -> str:
     """The newest revision of the migration scripts."""
     head = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
-    assert head is not None
+    if head is None:
+        raise DatabaseError("db/migrations holds no revision: the installation is incomplete")
     return head
 
 
@@ -58,8 +59,6 @@ def current_revision(engine: Engine) -> str | None:
 
 def check_current(engine: Engine) -> None:
     """Raise a readable error when the database is not at the newest revision."""
-    from dicomnode.db.session import DatabaseError
-
     cur, head = current_revision(engine), head_revision()
     if cur != head:
         raise DatabaseError(

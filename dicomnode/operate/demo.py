@@ -27,8 +27,10 @@ from sqlalchemy import select
 from dicomnode.config import NodeConfig
 from dicomnode.db.models import Delivery, Job, Result, Study
 from dicomnode.db.session import session_factory
+from dicomnode.deliver.states import DeliveryState
 from dicomnode.operate.embedded import EmbeddedNode
 from dicomnode.operate.localpacs import dcmtk_tool, start_local_pacs
+from dicomnode.process.jobs import JobState
 from glipcore import phantom
 from glipcore.dicomwrite import SeriesMeta, write_ct_series
 from glipcore.metrics import euclidean_errors, plane_angle
@@ -132,9 +134,9 @@ def wait_delivered(
             ).first()
             if job is None:
                 tick("waiting for the series to complete (quiet time)")
-            elif job.state in ("failed", "cancelled", "superseded"):
+            elif job.state in (JobState.FAILED, JobState.CANCELLED, JobState.SUPERSEDED):
                 raise DemoError(f"job {job.id} {job.state}: {job.reason}")
-            elif job.state != "done":
+            elif job.state != JobState.DONE:
                 tick(f"job {job.id} {job.state}")
             else:
                 result = s.scalars(select(Result).where(Result.job_fk == job.id)).one()
@@ -143,14 +145,14 @@ def wait_delivered(
                 )
                 if result.status == "withheld":
                     return result.id
-                dead = [x for x in states if x == "dead"]
+                dead = [x for x in states if x == DeliveryState.DEAD]
                 if dead:
                     raise DemoError(
                         f"{len(dead)} deliveries failed; see `dicomnode deliveries list`"
                     )
-                if states and all(x == "sent" for x in states):
+                if states and all(x == DeliveryState.SENT for x in states):
                     return result.id
-                tick(f"delivering: {states.count('sent')}/{len(states)} objects sent")
+                tick(f"delivering: {states.count(DeliveryState.SENT)}/{len(states)} objects sent")
         time.sleep(poll_s)
     raise DemoError(f"no result within {timeout_s:.0f} s; see `dicomnode status`")
 

@@ -40,11 +40,13 @@ from dicomnode.db.models import (
     utcnow,
 )
 from dicomnode.db.session import session_factory
+from dicomnode.deliver.states import DeliveryState
+from dicomnode.process.jobs import JobState
 from dicomnode.receive.archive import INCOMING
 
 log = logging.getLogger(__name__)
 
-SETTLED_JOB_STATES = ("done", "superseded", "cancelled")
+SETTLED_JOB_STATES = (JobState.DONE, JobState.SUPERSEDED, JobState.CANCELLED)
 """Job states that no longer need the study's images."""
 JOB_ID = "retention-purge"
 
@@ -105,10 +107,14 @@ def _eligible(cutoff: datetime) -> ColumnElement[bool]:
     )
     return and_(
         or_(Study.purged_at.is_(None), exists(late_instance)),
-        exists().where(Job.study_fk == Study.id, Job.state == "done"),
+        exists().where(Job.study_fk == Study.id, Job.state == JobState.DONE),
         ~exists().where(Job.study_fk == Study.id, Job.state.not_in(SETTLED_JOB_STATES)),
         exists(study_delivery),
-        ~exists(study_delivery.where(or_(Delivery.state != "sent", Delivery.sent_at.is_(None)))),
+        ~exists(
+            study_delivery.where(
+                or_(Delivery.state != DeliveryState.SENT, Delivery.sent_at.is_(None))
+            )
+        ),
         last_sent < cutoff,
         ~exists().where(Series.study_fk == Study.id, Series.state == "receiving"),
         ~exists().where(Annotation.study_fk == Study.id),
