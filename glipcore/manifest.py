@@ -1,7 +1,9 @@
 """The case manifest: the CSV that exchanges labelled cases (ours and users').
 
-Columns, exactly: case_id, path, RCC_x, RCC_y, RCC_z, LCC_x, LCC_y, LCC_z, NCC_x, NCC_y,
-NCC_z, quality. Coordinates are patient LPS mm; ``path`` (a DICOM series folder or a NIfTI
+Columns: case_id, path, RCC_x, RCC_y, RCC_z, LCC_x, LCC_y, LCC_z, NCC_x, NCC_y, NCC_z,
+quality, and optionally the coronary ostia LCO_x, LCO_y, LCO_z, RCO_x, RCO_y, RCO_z (all six
+columns or none; a row may leave one ostium's three cells empty when it is not known).
+Coordinates are patient LPS mm; ``path`` (a DICOM series folder or a NIfTI
 file) is relative to the manifest's folder (absolute paths are kept); ``quality`` is one of
 the paper's grades 1, 2, 3-, 3+, 4, or empty when unknown. Lines starting with ``#`` before
 the header carry provenance as ``# key: value`` (e.g. the phantom generator's version);
@@ -14,18 +16,20 @@ import csv
 import io
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
 
-from glipcore import LANDMARKS
+from glipcore import ALL_LANDMARKS, LANDMARKS, OSTIA
 
 QUALITY_GRADES: tuple[str, ...] = ("1", "2", "3-", "3+", "4")
 COORD_COLUMNS: tuple[str, ...] = tuple(f"{lm}_{ax}" for lm in LANDMARKS for ax in "xyz")
 COLUMNS: tuple[str, ...] = ("case_id", "path", *COORD_COLUMNS, "quality")
+OSTIUM_COLUMNS: tuple[str, ...] = tuple(f"{lm}_{ax}" for lm in OSTIA for ax in "xyz")
+"""Optional columns: present together or not at all."""
 
 
 class ManifestError(ValueError):
@@ -35,17 +39,27 @@ class ManifestError(ValueError):
 @dataclass(frozen=True, eq=False)
 class ManifestRow:
     """One labelled case: ``landmarks`` (3, 3) LPS mm in RCC, LCC, NCC order; ``path``
-    resolved (absolute when read from a file); ``quality`` a grade or "" (unknown)."""
+    resolved (absolute when read from a file); ``quality`` a grade or "" (unknown);
+    ``ostia`` (2, 3) LPS mm in LCO, RCO order or None, a row of NaN for an unknown one."""
 
     case_id: str
     path: Path
     landmarks: NDArray[np.float64]
     quality: str = ""
+    ostia: NDArray[np.float64] | None = None
 
     def __post_init__(self) -> None:
         lm = np.asarray(self.landmarks, dtype=np.float64)
         if lm.shape != (3, 3) or not np.all(np.isfinite(lm)):
             raise ValueError(f"case {self.case_id!r}: landmarks must be 3x3 finite LPS mm")
+        if self.ostia is not None:
+            ost = np.asarray(self.ostia, dtype=np.float64)
+            rows_ok = all(np.all(np.isfinite(r)) or np.all(np.isnan(r)) for r in ost)
+            if ost.shape != (2, 3) or not rows_ok:
+                raise ValueError(
+                    f"case {self.case_id!r}: ostia must be 2x3 LPS mm (a row of NaN when unknown)"
+                )
+            object.__setattr__(self, "ostia", None if np.all(np.isnan(ost)) else ost)
         if self.quality not in ("", *QUALITY_GRADES):
             raise ValueError(
                 f"case {self.case_id!r}: quality must be one of {QUALITY_GRADES} or empty, "
@@ -55,6 +69,20 @@ class ManifestRow:
             raise ValueError("case_id must not be empty")
         object.__setattr__(self, "landmarks", lm)
         object.__setattr__(self, "path", Path(self.path))
+
+    def points(self, names: Iterable[str] = LANDMARKS) -> NDArray[np.float64]:
+        """(L, 3) LPS mm of the named landmarks (see ``glipcore.ALL_LANDMARKS``); a row of
+        NaN for a landmark this case does not have (an unknown ostium)."""
+        table = dict(zip(LANDMARKS, self.landmarks, strict=True))
+        nan = np.full(3, np.nan)
+        ostia = self.ostia if self.ostia is not None else np.full((2, 3), np.nan)
+        table.update(zip(OSTIA, ostia, strict=True))
+        out = []
+        for name in names:
+            if name not in table:
+                raise ValueError(f"unknown landmark {name!r}; known: {ALL_LANDMARKS}")
+            out.append(table.get(name, nan))
+        return np.asarray(out, dtype=np.float64).reshape(-1, 3)
 
 
 def _fail(path: Path, line: int, column: str | None, message: str) -> ManifestError:
@@ -92,7 +120,11 @@ def _check_header(path: Path, header: list[str], line: int) -> None:
     missing = [c for c in COLUMNS if c not in names]
     if missing:
         raise _fail(path, line, None, f"missing columns {missing}; expected {list(COLUMNS)}")
-    unknown = [c for c in names if c not in COLUMNS]
+    ostia = [c for c in OSTIUM_COLUMNS if c in names]
+    if ostia and len(ostia) != len(OSTIUM_COLUMNS):
+        absent = [c for c in OSTIUM_COLUMNS if c not in names]
+        raise _fail(path, line, None, f"ostium columns come all six or none; missing {absent}")
+    unknown = [c for c in names if c not in (*COLUMNS, *OSTIUM_COLUMNS)]
     if unknown or len(names) != len(set(names)):
         raise _fail(path, line, None, f"unexpected or repeated columns {unknown or names}")
 
@@ -153,8 +185,22 @@ def read_manifest(path: Path | str, *, check_paths: bool = True) -> list[Manifes
         if quality not in ("", *QUALITY_GRADES):
             raise _fail(path, line, "quality", f"{quality!r} is not one of {QUALITY_GRADES}")
         landmarks = np.array(coords, dtype=np.float64).reshape(3, 3)
-        rows.append(ManifestRow(case_id, resolved, landmarks, quality))
+        ostia = _ostia(path, line, cell) if OSTIUM_COLUMNS[0] in index else None
+        rows.append(ManifestRow(case_id, resolved, landmarks, quality, ostia))
     return rows
+
+
+def _ostia(path: Path, line: int, cell: Callable[[str], str]) -> NDArray[np.float64] | None:
+    """The optional ostium cells of one row: a (2, 3) array, NaN rows for an ostium whose
+    three cells are empty; None when both are empty."""
+    out = np.full((2, 3), np.nan)
+    for i, name in enumerate(OSTIA):
+        columns = [f"{name}_{ax}" for ax in "xyz"]
+        texts = [cell(c) for c in columns]
+        if not any(texts):
+            continue
+        out[i] = [_coordinate(path, line, c, x) for c, x in zip(columns, texts, strict=True)]
+    return None if np.all(np.isnan(out)) else out
 
 
 def _relative(target: Path, base: Path) -> str:
@@ -177,7 +223,9 @@ def write_manifest(
             raise ValueError(f"header entries must be one line and keys without ':': {key!r}")
         buf.write(f"# {key}: {value}\n")
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(COLUMNS)
+    rows = list(rows)
+    with_ostia = any(row.ostia is not None for row in rows)
+    writer.writerow((*COLUMNS, *OSTIUM_COLUMNS) if with_ostia else COLUMNS)
     ids: set[str] = set()
     for row in rows:
         if row.case_id in ids:
@@ -185,7 +233,11 @@ def write_manifest(
         ids.add(row.case_id)
         target = row.path if row.path.is_absolute() else path.parent / row.path
         coords = [repr(float(v)) for v in np.asarray(row.landmarks, dtype=np.float64).ravel()]
-        writer.writerow([row.case_id, _relative(target, path.parent), *coords, row.quality])
+        cells = [row.case_id, _relative(target, path.parent), *coords, row.quality]
+        if with_ostia:
+            ostia = row.points(OSTIA).ravel()
+            cells += ["" if math.isnan(v) else repr(float(v)) for v in ostia]
+        writer.writerow(cells)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(buf.getvalue(), encoding="utf-8")
     tmp.replace(path)

@@ -104,3 +104,36 @@ def test_unknown_quality_is_empty_and_paths_can_be_unchecked(tmp_path: Path) -> 
         ManifestRow("b", tmp_path, np.zeros((2, 3)))
     with pytest.raises(ValueError, match="duplicate case_id"):
         write_manifest([_row(0, tmp_path), _row(0, tmp_path)], tmp_path / "m2.csv")
+
+
+def test_ostium_columns_are_optional_and_round_trip(tmp_path: Path) -> None:
+    (tmp_path / "s").mkdir()
+    lm = np.arange(9, dtype=np.float64).reshape(3, 3)
+    both = ManifestRow("both", tmp_path / "s", lm, "2", np.array([[1.5, 2, 3], [4, 5, 6.25]]))
+    left_only = ManifestRow("left", tmp_path / "s", lm, "", np.array([[7, 8, 9], [np.nan] * 3]))
+    none = ManifestRow("none", tmp_path / "s", lm)
+    out = write_manifest([both, left_only, none], tmp_path / "m.csv")
+    header = out.read_text().splitlines()[0]
+    assert header.endswith(",quality,LCO_x,LCO_y,LCO_z,RCO_x,RCO_y,RCO_z")
+    back = {r.case_id: r for r in read_manifest(out)}
+    assert back["both"].ostia is not None
+    assert back["both"].ostia.tolist() == [[1.5, 2, 3], [4, 5, 6.25]]
+    assert np.isnan(back["left"].points(("RCO",))).all()
+    assert back["left"].points(("LCO", "RCC")).tolist() == [[7, 8, 9], [0, 1, 2]]
+    assert back["none"].ostia is None
+    assert np.isnan(back["none"].points(("LCO", "RCO"))).all()
+    # a manifest without ostia keeps the original eleven columns
+    plain = write_manifest([none], tmp_path / "plain.csv").read_text().splitlines()[0]
+    assert plain == HEADER.strip()
+
+
+def test_ostium_columns_come_all_six_or_none(tmp_path: Path) -> None:
+    (tmp_path / "s").mkdir()
+    m = tmp_path / "m.csv"
+    m.write_text(HEADER.strip() + ",LCO_x,LCO_y\ns,s,1,2,3,4,5,6,7,8,9,,1,2\n")
+    with pytest.raises(ManifestError, match="all six or none"):
+        read_manifest(m)
+    m.write_text(HEADER.strip() + ",LCO_x,LCO_y,LCO_z,RCO_x,RCO_y,RCO_z\n"
+                 "s,s,1,2,3,4,5,6,7,8,9,,1,,3,,,\n")  # fmt: skip
+    with pytest.raises(ManifestError, match="column 'LCO_y'"):
+        read_manifest(m)
