@@ -33,12 +33,15 @@ from glipcore.volume_io import load_volume
 
 @dataclass(frozen=True)
 class Case:
-    """One labelled case on the model grid."""
+    """One labelled case on the model grid: hinge points (3, 3) LPS mm in RCC, LCC, NCC
+    order and, when known, the coronary ostia (2, 3) in LCO, RCO order (NaN rows for an
+    unknown one)."""
 
     case_id: str
     volume: Volume
     landmarks_lps: FloatArray
     quality: str
+    ostia_lps: FloatArray | None = None
 
 
 class Augment(BaseModel):
@@ -114,7 +117,9 @@ class ModelGridCache:
         out = []
         for row in tqdm(rows, desc="preprocess", unit="case", disable=not progress):
             vol = self.get(row.path)
-            out.append(Case(row.case_id, vol, np.asarray(row.landmarks, float), row.quality))
+            out.append(
+                Case(row.case_id, vol, np.asarray(row.landmarks, float), row.quality, row.ostia)
+            )
         return out
 
 

@@ -10,11 +10,11 @@ import torch
 
 from glipcore.dataset import CropConfig
 from glipcore.metrics import euclidean_errors
+from glipcore.phantom_cases import PhantomData
 from glipcore.train import (
     CVConfig,
     DataConfig,
     OptimConfig,
-    PhantomData,
     TrainConfig,
     make_split,
     predict_cases,
