@@ -19,6 +19,7 @@ import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
+    ByteSize,
     ConfigDict,
     Field,
     ValidationError,
@@ -114,6 +115,22 @@ class NetworkConfig(_Section):
     acse_timeout_s: float = Field(default=30.0, gt=0)
     dimse_timeout_s: float = Field(default=60.0, gt=0)
     network_timeout_s: float = Field(default=120.0, gt=0)
+    # A new connection that has not sent its A-ASSOCIATE-RQ (and finished the TLS
+    # handshake) within this many seconds is closed; it never counts as an association.
+    request_timeout_s: float = Field(default=5.0, gt=0)
+    # Connections open at once from one peer address (pending and associated); more are
+    # closed at once, so that one host cannot use up the node's threads.
+    max_connections_per_host: int = Field(default=16, ge=1, le=10000)
+    # Largest data set accepted (as received, and inflated when deflated); a larger one
+    # is refused with 0xA700 and the association goes on.
+    max_instance_size: ByteSize = ByteSize(1024**3)
+    # Data sets larger than this are received into a temporary file in the archive
+    # instead of memory, so memory is bounded by this size per association.
+    spool_above: ByteSize = ByteSize(16 * 1024**2)
+    # Storage SOP classes accepted: all (every standard storage class and any unknown or
+    # private class a peer proposes), standard (standard storage classes only), listed
+    # (only series_facts' processed and archive-only classes). Only CT becomes a job.
+    storage_classes: Literal["all", "standard", "listed"] = "all"
     tls: TlsConfig = TlsConfig()
 
     @field_validator("max_pdu_bytes")
@@ -284,7 +301,10 @@ class WorkerConfig(_Section):
 
 
 class PlausibilityConfig(_Section):
-    """Plausibility gate on each result; a failed check flags or withholds the result."""
+    """Plausibility gate on each result; a failed check flags or withholds the result.
+
+    Impossible geometry (an inter-hinge distance or the plane tilt outside its range) and
+    a doubtful model (fold spread or confidence past its limit) have separate actions."""
 
     # Inter-hinge distances (RCC-LCC, LCC-NCC, NCC-RCC) must lie in this range, mm.
     hinge_distance_mm: tuple[float, float] = (8.0, 40.0)
@@ -295,8 +315,23 @@ class PlausibilityConfig(_Section):
     # Lowest per-landmark confidence score (0..1): exp(-fold spread / 2 mm) times the
     # peak's sharpness relative to a reference (glipcore.predict.SHARPNESS_REF).
     min_confidence: float = Field(default=0.4, ge=0, le=1)
-    # flag: deliver with a visible warning; withhold: do not deliver (reason recorded).
-    action: Literal["flag", "withhold"] = "flag"
+    # What a failed check does. withhold: the result is stored and recorded with its
+    # findings (`dicomnode results`) but never delivered; flag: it is delivered with the
+    # findings as warnings in the SR text and the key-image captions.
+    # geometry_action: an inter-hinge distance or the plane tilt outside its range.
+    geometry_action: Literal["flag", "withhold"] = "withhold"
+    # confidence_action: fold spread or confidence past its limit (and nothing worse).
+    confidence_action: Literal["flag", "withhold"] = "flag"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_single_action(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "action" in data:
+            raise ValueError(
+                "plausibility.action was split: set geometry_action (default withhold) and "
+                "confidence_action (default flag) instead"
+            )
+        return data
 
     @field_validator("hinge_distance_mm", "plane_tilt_deg")
     @classmethod
@@ -461,7 +496,53 @@ def _field_loc(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
     return tuple(p for p in loc if isinstance(p, int) or p.isidentifier())
 
 
-def _format_errors(exc: ValidationError, origin: str) -> str:
+def _env_source(loc: tuple[int | str, ...]) -> str | None:
+    """The set environment variable that supplies the value at ``loc`` (the key's own, or
+    one of a section above it holding JSON), or None."""
+    names = [p for p in loc if not isinstance(p, int)]
+    present = {k.upper() for k in os.environ}
+    for n in range(len(names), 0, -1):
+        var = ENV_PREFIX + "__".join(str(p) for p in names[:n]).upper()
+        if var in present:
+            return var
+    return None
+
+
+def _yaml_line(path: Path, loc: tuple[int | str, ...]) -> int | None:
+    """The line (1-based) of the key at ``loc`` in the YAML file, or of its nearest
+    enclosing key that is there; None when the file does not mention it."""
+    try:
+        node: yaml.Node | None = yaml.compose(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return None
+    line: int | None = None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode) and isinstance(part, str):
+            hit = next((kv for kv in node.value if kv[0].value == part), None)
+            if hit is None:
+                return line
+            line, node = hit[0].start_mark.line + 1, hit[1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            if part >= len(node.value):
+                return line
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            return line
+    return line
+
+
+def _source(loc: tuple[int | str, ...], path: Path | None) -> str:
+    """Where the value at ``loc`` came from: `` [environment: VAR]``, `` [file F, line N]``
+    or nothing (a default)."""
+    var = _env_source(loc)
+    if var is not None:
+        return f" [environment: {var}]"
+    line = _yaml_line(path, loc) if path is not None else None
+    return f" [file {path}, line {line}]" if line is not None else ""
+
+
+def _format_errors(exc: ValidationError, origin: str, path: Path | None = None) -> str:
     by_key: dict[tuple[int | str, ...], list[str]] = {}
     shown: dict[tuple[int | str, ...], str] = {}
     for err in exc.errors():
@@ -482,11 +563,7 @@ def _format_errors(exc: ValidationError, origin: str) -> str:
     for loc, msgs in by_key.items():
         key = ".".join(str(p) for p in loc) or "(top level)"
         text = " or ".join(msgs)
-        if text.startswith("unknown key"):
-            lines.append(f"  {key}: {text}")
-            continue
-        env = ENV_PREFIX + "__".join(str(p) for p in loc if not isinstance(p, int)).upper()
-        lines.append(f"  {key}: {text}{shown.get(loc, '')} [environment: {env}]")
+        lines.append(f"  {key}: {text}{shown.get(loc, '')}{_source(loc, path)}")
     return "\n".join(lines)
 
 
@@ -502,4 +579,5 @@ def load_config(path: Path | str | None = None) -> NodeConfig:
     try:
         return NodeConfig(**data)
     except ValidationError as exc:
-        raise ConfigError(_format_errors(exc, origin)) from None
+        where = Path(path) if path is not None else None
+        raise ConfigError(_format_errors(exc, origin, where)) from None

@@ -2,8 +2,9 @@
 
 Layout of a bundle directory::
 
-    bundle.json      format, name, landmarks, model, preprocessing, decoding, folds
-                     (file + sha256 each), metadata (training facts)
+    bundle.json      format, name, landmarks (the network's channels, by name: the hinge
+                     points and optionally the coronary ostia), model, preprocessing,
+                     decoding, folds (file + sha256 each), metadata (training facts)
     fold0.pt ...     state dicts (fp16 storage allowed)
 
 The model version is ``<name>-<first 12 hex digits of sha256(bundle.json)>``; since
@@ -20,9 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 import glipcore
+from glipcore.landmarks import check_landmarks
 from glipcore.preprocess import Preprocessing
 from glipcore.unet_config import UNetConfig
 
@@ -67,6 +69,20 @@ class BundleManifest(BaseModel):
     folds: list[FoldEntry]
     metadata: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("landmarks")
+    @classmethod
+    def _known_landmarks(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return check_landmarks(v)
+
+    @model_validator(mode="after")
+    def _one_channel_per_landmark(self) -> BundleManifest:
+        if self.model.out_channels != len(self.landmarks):
+            raise ValueError(
+                f"the model has {self.model.out_channels} output channels but the bundle "
+                f"names {len(self.landmarks)} landmarks ({', '.join(self.landmarks)})"
+            )
+        return self
+
 
 def sha256_file(path: Path) -> str:
     """Hex sha256 of a file's bytes."""
@@ -95,6 +111,7 @@ def save_bundle(
     out_dir: Path,
     *,
     name: str,
+    landmarks: Sequence[str] = glipcore.LANDMARKS,
     model_cfg: UNetConfig,
     preprocessing: Preprocessing,
     sigma_mm: float,
@@ -131,6 +148,7 @@ def save_bundle(
     meta.setdefault("code_version", glipcore.__version__)
     manifest = BundleManifest(
         name=name,
+        landmarks=tuple(landmarks),
         model=model_cfg,
         preprocessing=preprocessing,
         sigma_mm=sigma_mm,

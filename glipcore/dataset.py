@@ -4,6 +4,10 @@ Crops are sampled straight from the cached model-grid volume through one triline
 ``grid_sample`` whose sampling grid carries the random shift and the small rotation, so
 the crop's own affine is exact and its heatmaps are built on the fly from the landmarks in
 LPS mm. Mirroring is never used: it would swap the left and right coronary cusps.
+
+Samples follow a landmark list (channel order, see :mod:`glipcore.landmarks`); a landmark
+a case has no truth for gets an all-zero heatmap and ``known`` False, which the losses
+mask out.
 """
 
 from __future__ import annotations
@@ -23,8 +27,10 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
+from glipcore import LANDMARKS
 from glipcore.geometry import FloatArray, lps_to_ijk
 from glipcore.heatmap import gaussian_heatmaps
+from glipcore.landmarks import named_points
 from glipcore.manifest import ManifestRow
 from glipcore.preprocess import Preprocessing, to_model_grid
 from glipcore.volume import Volume
@@ -42,6 +48,10 @@ class Case:
     landmarks_lps: FloatArray
     quality: str
     ostia_lps: FloatArray | None = None
+
+    def points(self, names: Sequence[str] = LANDMARKS) -> FloatArray:
+        """(L, 3) LPS mm of the named landmarks, a row of NaN for one the case lacks."""
+        return named_points(self.landmarks_lps, self.ostia_lps, names)
 
 
 class Augment(BaseModel):
@@ -136,14 +146,21 @@ def _rotation(rng: np.random.Generator, max_deg: float) -> FloatArray:
 
 
 def crop_transform(
-    case: Case, crop: CropConfig, rng: np.random.Generator, rotate_deg: float
+    case: Case,
+    crop: CropConfig,
+    rng: np.random.Generator,
+    rotate_deg: float,
+    landmarks: Sequence[str] = LANDMARKS,
 ) -> FloatArray:
     """A 4x4 map from crop voxel ijk to source-volume voxel ijk: a rotation about the crop
-    centre and a random shift that keeps all landmarks ``margin_vox`` inside the crop."""
+    centre and a random shift that keeps the case's known ``landmarks`` ``margin_vox``
+    inside the crop."""
     size_ijk = np.array(crop.size_zyx[::-1], dtype=np.float64)
     centre_out = (size_ijk - 1) / 2
     r = _rotation(rng, rotate_deg) if rotate_deg > 0 else np.eye(3)
-    lm_src = lps_to_ijk(case.volume.affine, case.landmarks_lps)  # (L, 3)
+    points = case.points(landmarks)
+    points = points[np.isfinite(points).all(axis=1)]
+    lm_src = lps_to_ijk(case.volume.affine, points)  # (L, 3)
     # Where the landmarks land in the crop if the crop centre sits at source position c:
     # out = R^T (src - c) + centre_out. Keep them inside [margin, size-1-margin].
     rel = (lm_src - lm_src.mean(axis=0)) @ r  # (L, 3) rotated offsets from their centroid
@@ -193,12 +210,14 @@ def sample_crop(
 
 @dataclass(frozen=True)
 class Sample:
-    """One training example: image (1, Z, Y, X), heatmaps (L, Z, Y, X), crop affine."""
+    """One training example: image (1, Z, Y, X), heatmaps (L, Z, Y, X), crop affine and
+    which landmarks the case knows (L,) bool (an unknown one's heatmap is all zero)."""
 
     image: torch.Tensor
     heatmaps: torch.Tensor
     affine: FloatArray
     case_id: str
+    known: torch.Tensor
 
 
 def make_sample(
@@ -208,10 +227,12 @@ def make_sample(
     rng: np.random.Generator,
     augment: Augment | None,
     pad_value: float,
+    landmarks: Sequence[str] = LANDMARKS,
 ) -> Sample:
-    """A random crop of ``case`` with its heatmaps, augmented when ``augment`` is given."""
+    """A random crop of ``case`` with the heatmaps of ``landmarks`` (channel order),
+    augmented when ``augment`` is given."""
     rot = augment.rotate_deg if augment else 0.0
-    t = crop_transform(case, crop, rng, rot)
+    t = crop_transform(case, crop, rng, rot, landmarks)
     image = sample_crop(case, t, crop.size_zyx, pad_value)
     if augment is not None:
         scale = 1 + rng.uniform(-augment.intensity_scale, augment.intensity_scale)
@@ -222,13 +243,26 @@ def make_sample(
             g = torch.Generator().manual_seed(int(rng.integers(2**31)))
             image = image + float(sd) * torch.randn(image.shape, generator=g)
     affine = case.volume.affine @ t
-    heat = gaussian_heatmaps(crop.size_zyx, affine, case.landmarks_lps, sigma_mm)
-    return Sample(image.contiguous(), heat, affine, case.case_id)
+    points = case.points(landmarks)
+    known = np.isfinite(points).all(axis=1)
+    heat = torch.zeros((len(points), *crop.size_zyx), dtype=torch.float32)
+    heat[torch.from_numpy(known)] = gaussian_heatmaps(
+        crop.size_zyx, affine, points[known], sigma_mm
+    )
+    return Sample(image.contiguous(), heat, affine, case.case_id, torch.from_numpy(known))
 
 
-def collate(samples: Sequence[Sample]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack samples into (B, 1, Z, Y, X) images and (B, L, Z, Y, X) heatmaps."""
-    return torch.stack([s.image for s in samples]), torch.stack([s.heatmaps for s in samples])
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+"""(B, 1, Z, Y, X) images, (B, L, Z, Y, X) heatmaps, (B, L) bool known landmarks."""
+
+
+def collate(samples: Sequence[Sample]) -> Batch:
+    """Stack samples into a :data:`Batch`."""
+    return (
+        torch.stack([s.image for s in samples]),
+        torch.stack([s.heatmaps for s in samples]),
+        torch.stack([s.known for s in samples]),
+    )
 
 
 class BatchStream:
@@ -245,16 +279,16 @@ class BatchStream:
         augment: Augment | None,
         pad_value: float,
         prefetch: int = 4,
+        landmarks: Sequence[str] = LANDMARKS,
     ) -> None:
         if not cases:
             raise ValueError("no training cases")
         self._cases = list(cases)
         self._args = (crop, sigma_mm, augment, pad_value)
+        self._landmarks = tuple(landmarks)
         self._batch = batch_size
         self._rng = np.random.default_rng(seed)
-        self._q: queue.Queue[tuple[torch.Tensor, torch.Tensor] | BaseException] = queue.Queue(
-            prefetch
-        )
+        self._q: queue.Queue[Batch | BaseException] = queue.Queue(prefetch)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="batches")
         self._thread.start()
@@ -263,10 +297,15 @@ class BatchStream:
         crop, sigma, augment, pad = self._args
         while not self._stop.is_set():
             idx = self._rng.integers(len(self._cases), size=self._batch)
-            batch: tuple[torch.Tensor, torch.Tensor] | BaseException
+            batch: Batch | BaseException
             try:
                 batch = collate(
-                    [make_sample(self._cases[i], crop, sigma, self._rng, augment, pad) for i in idx]
+                    [
+                        make_sample(
+                            self._cases[i], crop, sigma, self._rng, augment, pad, self._landmarks
+                        )
+                        for i in idx
+                    ]
                 )
             except Exception as e:  # handed to the consumer, which re-raises it
                 batch = e
@@ -279,7 +318,7 @@ class BatchStream:
             if isinstance(batch, BaseException):
                 return
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[Batch]:
         while True:
             item = self._q.get()
             if isinstance(item, BaseException):

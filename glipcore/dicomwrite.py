@@ -1,12 +1,13 @@
-"""Write a Volume (HU) as DICOM CT: a single-frame CT Image Storage series or one Enhanced
-CT Image Storage file. Used by the phantom and by tests; output is deterministic (UIDs
-derive from the series UID, no wall-clock dates)."""
+"""Write a Volume (HU) as DICOM CT: a single-frame CT Image Storage series, one Enhanced
+CT Image Storage file or one Legacy Converted Enhanced CT Image Storage file. Used by the
+phantom and by tests; output is deterministic (UIDs derive from the series UID, no
+wall-clock dates)."""
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -331,8 +332,11 @@ def _ct_slice(
     return ds
 
 
-def _write(ds: Dataset, path: Path) -> None:
+def _write(ds: Dataset, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
+    return path
 
 
 def write_ct_series(
@@ -353,23 +357,33 @@ def write_ct_series(
     the i and j columns, PixelSpacing = (j spacing, i spacing). Returns the files in k
     order."""
     ts = _check_transfer_syntax(transfer_syntax, vol.shape_zyx)
-    if bits_stored not in (12, 16):
-        raise ValueError(f"bits_stored must be 12 or 16, got {bits_stored}")
-    enc = _Encoding(float(rescale_intercept), bits_stored)
-    n, rows, cols = vol.shape_zyx
-    geo = _geometry(vol.affine, vol.shape_zyx)
-    stored = _stored_values(vol.array, enc)
+    enc = _encoding(rescale_intercept, bits_stored)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    width = max(4, len(str(n)))
+    width = max(4, len(str(vol.shape_zyx[0])))
     paths = []
-    for k in range(n):
-        ds = _ct_slice(meta, geo, k, (rows, cols), enc, ts)
-        _set_pixels(ds, stored[k], ts)
+    for k, ds in enumerate(_ct_slices(vol, meta, enc, ts)):
         path = out_dir / f"{file_prefix}{k + 1:0{width}d}.dcm"
         _write(ds, path)
         paths.append(path)
     return paths
+
+
+def _encoding(rescale_intercept: float, bits_stored: int) -> _Encoding:
+    if bits_stored not in (12, 16):
+        raise ValueError(f"bits_stored must be 12 or 16, got {bits_stored}")
+    return _Encoding(float(rescale_intercept), bits_stored)
+
+
+def _ct_slices(vol: Volume, meta: SeriesMeta, enc: _Encoding, ts: UID) -> Iterator[Dataset]:
+    """The single-frame CT datasets of ``vol``, slice k after slice k - 1, pixels encoded."""
+    n, rows, cols = vol.shape_zyx
+    geo = _geometry(vol.affine, vol.shape_zyx)
+    stored = _stored_values(vol.array, enc)
+    for k in range(n):
+        ds = _ct_slice(meta, geo, k, (rows, cols), enc, ts)
+        _set_pixels(ds, stored[k], ts)
+        yield ds
 
 
 # --------------------------------------------------------------------------- Enhanced CT
@@ -606,15 +620,44 @@ def write_enhanced_ct(
     """Write ``vol`` (HU) as one Enhanced CT Image Storage file; frame k is slice k with
     its own PlanePositionSequence, the rest in the shared functional groups."""
     ts = _check_transfer_syntax(transfer_syntax, vol.shape_zyx)
-    if bits_stored not in (12, 16):
-        raise ValueError(f"bits_stored must be 12 or 16, got {bits_stored}")
-    enc = _Encoding(float(rescale_intercept), bits_stored)
+    enc = _encoding(rescale_intercept, bits_stored)
     ds = _enhanced_dataset(vol, meta, enc, ts)
     _set_pixels(ds, _stored_values(vol.array, enc), ts)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _write(ds, path)
-    return path
+    return _write(ds, path)
+
+
+def write_legacy_enhanced_ct(
+    vol: Volume,
+    path: Path,
+    meta: SeriesMeta,
+    *,
+    transfer_syntax: str = ExplicitVRLittleEndian,
+    rescale_intercept: float = 0.0,
+    bits_stored: int = 16,
+) -> Path:
+    """Write ``vol`` (HU) as one Legacy Converted Enhanced CT Image Storage file: the
+    single-frame series :func:`write_ct_series` would write (not written itself), converted
+    by highdicom into a new series of ``meta``'s study.
+
+    The Common Instance Reference module that highdicom adds is left out: its source
+    instances exist nowhere, and dciodvfy counts a Referenced Series Sequence as an error
+    when the frames' only references are their Conversion Source Attributes (kept)."""
+    from highdicom.legacy import LegacyConvertedEnhancedCTImage
+
+    ts = _check_transfer_syntax(transfer_syntax, vol.shape_zyx)
+    enc = _encoding(rescale_intercept, bits_stored)
+    slices = list(_ct_slices(vol, meta, enc, UID(ExplicitVRLittleEndian)))
+    ds = LegacyConvertedEnhancedCTImage(
+        slices,
+        series_instance_uid=meta.instance_uid("legacy-enhanced-series"),
+        series_number=meta.series_number + 100,
+        sop_instance_uid=meta.instance_uid("legacy-enhanced-ct"),
+        instance_number=1,
+        transfer_syntax_uid=ts,
+    )
+    if "ReferencedSeriesSequence" in ds:
+        del ds.ReferencedSeriesSequence
+    return _write(ds, path)
 
 
 __all__ = [
@@ -623,4 +666,5 @@ __all__ = [
     "SeriesMeta",
     "write_ct_series",
     "write_enhanced_ct",
+    "write_legacy_enhanced_ct",
 ]

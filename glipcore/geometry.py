@@ -110,3 +110,29 @@ def plane_angle_deg(a: Plane, b: Plane) -> float:
     """Angle between two planes in degrees, in [0, 90] (normal orientation ignored)."""
     c = abs(float(np.dot(a.normal, b.normal)))
     return float(np.degrees(np.arccos(min(1.0, c))))
+
+
+def plane_or_none(points: ArrayLike) -> Plane | None:
+    """:func:`plane_through` three points (3, 3), or None when they are (nearly) collinear
+    or not finite: a degenerate prediction, a result rather than an error."""
+    p = np.asarray(points, dtype=np.float64)
+    if p.shape != (3, 3):
+        raise ValueError(f"need three 3-D points, got shape {p.shape}")
+    if not np.all(np.isfinite(p)):
+        return None
+    try:
+        return plane_through(p)
+    except ValueError:
+        return None
+
+
+def cranial(plane: Plane) -> Plane:
+    """The same plane with its normal pointing cranially (LPS +z, superior), as the
+    phantom's annulus normal; a plane containing the z axis keeps its normal."""
+    return plane if plane.normal[2] >= 0 else Plane(plane.origin, -plane.normal)
+
+
+def heights_above(plane: Plane, points: ArrayLike) -> FloatArray:
+    """Signed distance (mm) of points (..., 3) from ``plane`` along its cranial normal:
+    positive above (superior to) the plane, e.g. an ostium's height above the annulus."""
+    return cranial(plane).signed_distance(points)

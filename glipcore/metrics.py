@@ -1,15 +1,20 @@
 """The paper's metrics: Euclidean error, plane projection distance (eq. 9), plane angle,
-success detection rate, and summaries."""
+success detection rate, and summaries.
+
+NaN marks a value that is undefined: a landmark a case has no truth for, or a plane metric
+of a degenerate prediction (collinear hinge points). Summaries and rates leave NaN out and
+count it (``Summary.undefined``)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from glipcore.geometry import Plane, plane_angle_deg, plane_through
+from glipcore.geometry import Plane, plane_angle_deg, plane_or_none, plane_through
 
 SDR_THRESHOLDS_MM: tuple[float, ...] = (1.0, 1.5, 2.0, 2.5, 3.0, 4.0)
 
@@ -40,11 +45,21 @@ def plane_angle(pred_points: ArrayLike, true_points: ArrayLike) -> float:
     return plane_angle_deg(plane_through(pred_points), plane_through(true_points))
 
 
+def plane_errors(pred_points: ArrayLike, true_points: ArrayLike) -> tuple[float, float]:
+    """(eq. 9 projection distance in mm, plane angle in deg) between the planes through
+    three predicted and three true points; both NaN when the predicted points are collinear
+    (a degenerate prediction: a failed case, not an error). True points must make a plane."""
+    if plane_or_none(pred_points) is None:
+        return math.nan, math.nan
+    return projection_distance(pred_points, true_points), plane_angle(pred_points, true_points)
+
+
 def success_detection_rate(
     errors_mm: ArrayLike, thresholds: Sequence[float] = SDR_THRESHOLDS_MM
 ) -> dict[float, float]:
-    """Share of errors strictly below each threshold (mm)."""
+    """Share of errors strictly below each threshold (mm); NaN (no truth) left out."""
     e = np.asarray(errors_mm, dtype=np.float64).ravel()
+    e = e[~np.isnan(e)]
     if e.size == 0:
         raise ValueError("no errors to summarise")
     return {float(t): float(np.mean(e < t)) for t in thresholds}
@@ -52,7 +67,8 @@ def success_detection_rate(
 
 @dataclass(frozen=True)
 class Summary:
-    """Distribution summary of a set of errors."""
+    """Distribution summary of a set of errors: ``n`` defined values, their statistics
+    (NaN when none is defined) and the count of ``undefined`` (NaN) ones."""
 
     n: int
     mean: float
@@ -60,6 +76,7 @@ class Summary:
     q1: float
     q3: float
     worst: float
+    undefined: int = 0
 
     @property
     def iqr(self) -> float:
@@ -67,10 +84,15 @@ class Summary:
 
 
 def summarize(values: ArrayLike) -> Summary:
-    """Median, quartiles, mean and worst of a set of values."""
+    """Median, quartiles, mean and worst of a set of values; NaN values are counted as
+    undefined and left out of the statistics."""
     v = np.asarray(values, dtype=np.float64).ravel()
     if v.size == 0:
         raise ValueError("no values to summarise")
+    nan = np.isnan(v)
+    v = v[~nan]
+    if v.size == 0:
+        return Summary(0, math.nan, math.nan, math.nan, math.nan, math.nan, int(nan.sum()))
     q1, med, q3 = np.percentile(v, [25, 50, 75])
     return Summary(
         n=int(v.size),
@@ -79,6 +101,7 @@ def summarize(values: ArrayLike) -> Summary:
         q1=float(q1),
         q3=float(q3),
         worst=float(v.max()),
+        undefined=int(nan.sum()),
     )
 
 
@@ -88,6 +111,7 @@ __all__ = [
     "Summary",
     "euclidean_errors",
     "plane_angle",
+    "plane_errors",
     "projection_distance",
     "success_detection_rate",
     "summarize",

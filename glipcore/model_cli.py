@@ -68,7 +68,10 @@ def evaluate(
     """Evaluate a bundle on labelled cases with the paper's metrics.
 
     Writes OUT/cases.csv, OUT/summary.json, OUT/table.txt and OUT/boxplot.png, with the
-    model's sub-voxel and argmax decoding and a naive baseline side by side.
+    model's sub-voxel and argmax decoding and a naive baseline side by side: every landmark
+    of the bundle that the manifest has, the plane on the hinge points, and for the coronary
+    ostia their height above the annulus plane. A prediction with collinear hinge points is
+    a failed case (no plane), counted in the table.
 
     Example: glip evaluate -m models/phantom-glip -d heldout/manifest.csv -o report/
     """
@@ -90,7 +93,9 @@ def predict(
     model: Annotated[Path, typer.Option("--model", "-m", help="Model bundle folder.")],
     threads: Annotated[int, typer.Option(help="Torch threads (0: all cores).")] = 0,
 ) -> None:
-    """Predict the hinge points and the annulus plane of one CT; prints JSON.
+    """Predict the bundle's landmarks (hinge points, and coronary ostia if the bundle has
+    them) and the annulus plane of one CT; prints JSON ("plane" null when the predicted
+    hinge points are collinear).
 
     Coordinates are patient LPS millimetres (the DICOM patient coordinate system).
 

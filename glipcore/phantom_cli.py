@@ -27,7 +27,20 @@ class Preset(StrEnum):
 
 class Format(StrEnum):
     dicom = "dicom"
+    enhanced = "enhanced"
+    legacy_enhanced = "legacy-enhanced"
     nifti = "nifti"
+
+
+class Calcium(StrEnum):
+    default = "default"
+    none = "none"
+    mild = "mild"
+    heavy = "heavy"
+
+
+ENHANCED_FILES = {"enhanced": "EnhancedCT.dcm", "legacy-enhanced": "LegacyEnhancedCT.dcm"}
+"""The one file an enhanced case's folder holds."""
 
 
 class Syntax(StrEnum):
@@ -73,29 +86,62 @@ class Job:
     out: Path
     preview: bool
     render_workers: int
+    calcium: str = "default"
+    hinge_calcium: bool = False
+
+
+def _calcium_label(job: Job) -> str:
+    """The calcium options as a label: empty for the defaults, else e.g. " calcium heavy+hinge"."""
+    if job.calcium == "default" and not job.hinge_calcium:
+        return ""
+    return f" calcium {job.calcium}{'+hinge' if job.hinge_calcium else ''}"
+
+
+def _write_dicom(job: Job, vol: Any, cid: str) -> Path:
+    """The case as a DICOM folder: a single-frame series or one (legacy) enhanced file."""
+    from glipcore import phantom
+    from glipcore.dicomwrite import (
+        SeriesMeta,
+        write_ct_series,
+        write_enhanced_ct,
+        write_legacy_enhanced_ct,
+    )
+
+    target = job.out / cid
+    if target.exists():
+        shutil.rmtree(target)
+    meta = SeriesMeta.synthetic(
+        np.random.default_rng([job.seed, job.index, 99]),
+        cid,
+        series_description=(
+            f"CTA aortic root phantom ({phantom.GENERATOR_VERSION}){_calcium_label(job)}"
+        )[:64],
+    )
+    ts = _transfer_syntax_uid(job.syntax)
+    if job.fmt == "dicom":
+        write_ct_series(vol, target, meta, transfer_syntax=ts)
+    elif job.fmt == "enhanced":
+        write_enhanced_ct(vol, target / ENHANCED_FILES[job.fmt], meta, transfer_syntax=ts)
+    else:
+        write_legacy_enhanced_ct(vol, target / ENHANCED_FILES[job.fmt], meta, transfer_syntax=ts)
+    return target
 
 
 def make_case(job: Job) -> dict[str, Any]:
     """Render, write and (optionally) preview one case; returns its truth.json entry."""
     from glipcore import phantom
-    from glipcore.dicomwrite import SeriesMeta, write_ct_series
     from glipcore.volume_io import save_nifti
 
     t0 = time.perf_counter()
     cid = phantom.case_id(job.seed, job.index)
-    vol, truth = phantom.generate(job.seed, job.index, job.preset, workers=job.render_workers)
-    if job.fmt == "dicom":
-        target = job.out / cid
-        if target.exists():
-            shutil.rmtree(target)
-        meta = SeriesMeta.synthetic(
-            np.random.default_rng([job.seed, job.index, 99]),
-            cid,
-            series_description=f"CTA aortic root phantom ({phantom.GENERATOR_VERSION})",
-        )
-        write_ct_series(vol, target, meta, transfer_syntax=_transfer_syntax_uid(job.syntax))
-    else:
+    options: dict[str, Any] = {"calcium": job.calcium, "hinge_calcium": job.hinge_calcium}
+    vol, truth = phantom.generate(
+        job.seed, job.index, job.preset, workers=job.render_workers, **options
+    )
+    if job.fmt == "nifti":
         target = save_nifti(vol, job.out / f"{cid}.nii.gz")
+    else:
+        target = _write_dicom(job, vol, cid)
     if job.preview:
         from glipcore.preview import save_preview
 
@@ -106,6 +152,7 @@ def make_case(job: Job) -> dict[str, Any]:
             title=(
                 f"{cid}  quality {truth.quality}  tilt {truth.measurements['tilt_deg']:.0f} deg"
                 f"  perimeter {truth.annulus_perimeter_mm:.0f} mm  ({job.preset})"
+                f"{_calcium_label(job)}"
             ),
             extra_points={"LO": truth.ostia_lps[0], "RO": truth.ostia_lps[1]},
         )
@@ -114,8 +161,9 @@ def make_case(job: Job) -> dict[str, Any]:
         "index": job.index,
         "path": target.relative_to(job.out).as_posix(),
         "quality": truth.quality,
+        **options,
         "truth": truth.to_dict(),
-        "parameters": phantom.random_case(job.seed, job.index).to_dict(),
+        "parameters": phantom.random_case(job.seed, job.index, **options).to_dict(),
         "seconds": round(time.perf_counter() - t0, 3),
     }
 
@@ -145,7 +193,11 @@ def _write_outputs(out: Path, settings: dict[str, Any], entries: list[dict[str, 
     tmp.replace(out / "truth.json")
     rows = [
         ManifestRow(
-            e["case_id"], Path(e["path"]), np.asarray(e["truth"]["landmarks_lps"]), e["quality"]
+            e["case_id"],
+            Path(e["path"]),
+            np.asarray(e["truth"]["landmarks_lps"]),
+            e["quality"],
+            ostia=np.asarray(e["truth"]["ostia_lps"]),
         )
         for e in entries
     ]
@@ -168,7 +220,14 @@ def phantom(
             help="Grid: full (512x512x320, ~0.4 mm), fast (128x128x80, 1.25 mm), model (1.6 mm)."
         ),
     ] = Preset.full,
-    fmt: Annotated[Format, typer.Option("--format", help="DICOM series or NIfTI.")] = Format.dicom,
+    fmt: Annotated[
+        Format,
+        typer.Option(
+            "--format",
+            help="dicom (single-frame series), enhanced (one Enhanced CT file), "
+            "legacy-enhanced (one Legacy Converted Enhanced CT file) or nifti.",
+        ),
+    ] = Format.dicom,
     transfer_syntax: Annotated[
         Syntax, typer.Option(help="DICOM transfer syntax (lossless only).")
     ] = Syntax.explicit,
@@ -179,13 +238,29 @@ def phantom(
         int, typer.Option(min=1, help="Processes (cases, or z-slabs of one case).")
     ] = 2,
     start_index: Annotated[int, typer.Option(min=0, help="Index of the first case.")] = 0,
+    calcium: Annotated[
+        Calcium,
+        typer.Option(
+            help="Valve calcium: default (each case's own draw, as before), none, mild "
+            "(a few small nodules) or heavy (bulky calcific stenosis)."
+        ),
+    ] = Calcium.default,
+    hinge_calcium: Annotated[
+        bool,
+        typer.Option(help="Add annular calcium right at the hinge points (0-2 mm from them)."),
+    ] = False,
 ) -> None:
     """Generate aortic-root CT phantoms with ground-truth hinge points.
 
-    Writes OUT/<case_id>/ (a CT Image Storage series) or
-    OUT/<case_id>.nii.gz, plus OUT/manifest.csv (case_id, path,
-    RCC/LCC/NCC x y z in LPS mm, quality) and OUT/truth.json (annulus,
-    ostia, measurements, parameters, generator version).
+    Writes OUT/<case_id>/ (a CT Image Storage series, or one
+    EnhancedCT.dcm / LegacyEnhancedCT.dcm file) or OUT/<case_id>.nii.gz,
+    plus OUT/manifest.csv (case_id, path, RCC/LCC/NCC x y z in LPS mm,
+    quality, LCO/RCO coronary ostia) and OUT/truth.json (annulus, ostia,
+    measurements, parameters, generator version, calcium options).
+
+    Calcium options change only the calcium (drawn on random streams of
+    their own): the anatomy, pose and noise stay those of the default case
+    with the same seed and index.
 
     The same seed and index always give the same case; another run with
     --start-index adds cases to the same folder.
@@ -203,6 +278,9 @@ def phantom(
 
       # JPEG-LS compressed DICOM, with PNG previews to look at
       glip phantom -o /tmp/ph -n 3 --transfer-syntax jpegls --preview
+
+      # heavily calcified valves with calcium at the hinges, as Enhanced CT
+      glip phantom -o /tmp/ph -n 5 --calcium heavy --hinge-calcium --format enhanced
     """
     from glipcore import phantom as ph
 
@@ -211,6 +289,8 @@ def phantom(
         "seed": seed,
         "preset": preset.value,
         "format": fmt.value,
+        "calcium": calcium.value,
+        "hinge_calcium": hinge_calcium,
     }
     if fmt is Format.nifti and transfer_syntax is not Syntax.explicit:
         raise _fail("--transfer-syntax applies to DICOM only", "drop it or use --format dicom")
@@ -227,6 +307,8 @@ def phantom(
             out,
             preview,
             1 if parallel_cases else workers,
+            calcium.value,
+            hinge_calcium,
         )
         for i in range(start_index, start_index + cases)
     ]

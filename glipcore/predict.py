@@ -1,5 +1,6 @@
 """Predictor: Volume -> model grid -> fold heatmaps -> ensemble -> sub-voxel decode ->
-hinge points in LPS mm, the annulus plane, per-landmark confidence and timings.
+the bundle's landmarks in LPS mm (the hinge points, and the coronary ostia when the bundle
+has them), the annulus plane through the hinge points, per-landmark confidence and timings.
 
 Inference is fully convolutional on the whole model-grid volume. Memory stays bounded on
 long scans (a CT angiogram down to the pelvis) by running the network on overlapping
@@ -19,9 +20,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from glipcore import LANDMARKS
 from glipcore.bundle import Bundle, load_bundle
 from glipcore.decode import argmax_ijk, peak_coherence, peak_sharpness, refine_ijk
-from glipcore.geometry import FloatArray, Plane, ijk_to_lps, plane_through
+from glipcore.geometry import FloatArray, Plane, ijk_to_lps, plane_or_none
+from glipcore.landmarks import pick
 from glipcore.preprocess import to_model_grid
 from glipcore.unet import crop_pads, pad_to_multiple, required_multiple
 from glipcore.volume import Volume
@@ -118,30 +121,65 @@ class LandmarkConfidence:
     score: float
 
 
+class DegeneratePredictionError(ValueError):
+    """The predicted hinge points are collinear (e.g. two on one spot): no annulus plane."""
+
+
 @dataclass(frozen=True)
 class Prediction:
-    """Hinge points (LPS mm, in ``names`` order), the plane through them, confidence."""
+    """The bundle's landmarks (LPS mm, in ``names`` order; pick them by name with
+    :meth:`points`), the annulus plane through the hinge points, confidence.
+
+    ``hinge_plane`` is None for a degenerate prediction (collinear hinge points); the
+    :attr:`plane` property then raises :class:`DegeneratePredictionError`."""
 
     names: tuple[str, ...]
     landmarks_lps: FloatArray
     landmarks_argmax_lps: FloatArray
     fold_landmarks_lps: FloatArray
-    plane: Plane
+    hinge_plane: Plane | None
     confidence: tuple[LandmarkConfidence, ...]
     model_version: str
     timings_s: dict[str, float] = field(default_factory=dict)
 
+    def points(self, names: Sequence[str] = LANDMARKS) -> FloatArray:
+        """(len(names), 3) LPS mm of the named landmarks (default: the hinge points)."""
+        return pick(self.names, self.landmarks_lps, names)
+
+    def points_by_name(self, names: Sequence[str] | None = None) -> dict[str, FloatArray]:
+        """{name: (3,) LPS mm} for ``names`` (default: every predicted landmark)."""
+        wanted = self.names if names is None else tuple(names)
+        return dict(zip(wanted, self.points(wanted), strict=True))
+
+    @property
+    def degenerate(self) -> bool:
+        """True when the hinge points are collinear: no annulus plane."""
+        return self.hinge_plane is None
+
+    @property
+    def plane(self) -> Plane:
+        """The annulus plane through the hinge points (right-hand normal RCC -> LCC -> NCC).
+        Raises DegeneratePredictionError when they are collinear."""
+        if self.hinge_plane is None:
+            raise DegeneratePredictionError(
+                "the predicted hinge points are collinear: no annulus plane"
+            )
+        return self.hinge_plane
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict."""
+        """JSON-ready dict ("plane" is None for a degenerate prediction)."""
+        plane = self.hinge_plane
         return {
             "model_version": self.model_version,
             "landmarks_lps_mm": {
                 n: [round(float(v), 3) for v in p]
                 for n, p in zip(self.names, self.landmarks_lps, strict=True)
             },
-            "plane": {
-                "origin_lps_mm": [round(float(v), 3) for v in self.plane.origin],
-                "normal": [round(float(v), 6) for v in self.plane.normal],
+            "plane": None
+            if plane is None
+            else {
+                "origin_lps_mm": [round(float(v), 3) for v in plane.origin],
+                "normal": [round(float(v), 6) for v in plane.normal],
             },
             "confidence": {
                 n: {
@@ -214,7 +252,7 @@ def decode_ensemble(
 
 
 class Predictor:
-    """Loads a model bundle once and predicts hinge points on any CT ``Volume`` (HU)."""
+    """Loads a model bundle once and predicts its landmarks on any CT ``Volume`` (HU)."""
 
     def __init__(
         self,
@@ -246,7 +284,7 @@ class Predictor:
         return self.bundle.version
 
     def predict(self, volume: Volume) -> Prediction:
-        """Hinge points, plane and confidence for a CT volume in HU."""
+        """Landmarks, annulus plane and confidence for a CT volume in HU."""
         t0 = time.perf_counter()
         grid = to_model_grid(volume, self.bundle.manifest.preprocessing)
         pred = self.predict_grid(grid)
@@ -278,12 +316,13 @@ class Predictor:
             sharpness_ref=float(m.metadata.get("sharpness_ref", SHARPNESS_REF)),
         )
         t3 = time.perf_counter()
+        names = tuple(m.landmarks)
         return Prediction(
-            names=tuple(m.landmarks),
+            names=names,
             landmarks_lps=final,
             landmarks_argmax_lps=arg,
             fold_landmarks_lps=per_fold,
-            plane=plane_through(final),
+            hinge_plane=plane_or_none(pick(names, final, LANDMARKS)),
             confidence=tuple(conf),
             model_version=self.bundle.version,
             timings_s={"inference": t2 - t1, "decode": t3 - t2},

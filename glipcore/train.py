@@ -5,6 +5,10 @@ As the paper: Adam (lr 1e-3), cases split 4:1 into CV and test, k = 4 folds on t
 the setting with the lowest CV median landmark error wins, and the test set is predicted
 by the winning setting's fold ensemble. Validation runs every epoch on whole model-grid
 volumes and keeps the checkpoint with the lowest median error in mm (not the lowest loss).
+
+The model predicts the configuration's ``landmarks`` (the hinge points, optionally the
+coronary ostia); a case without truth for a landmark is masked out of the loss and of the
+errors (NaN, left out of medians).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from tqdm import tqdm
 
 import glipcore
@@ -37,6 +41,7 @@ from glipcore.dataset import (
     ModelGridCache,
     describe,
 )
+from glipcore.landmarks import check_landmarks, with_truth
 from glipcore.losses import make_loss
 from glipcore.manifest import read_manifest
 from glipcore.metrics import euclidean_errors
@@ -110,6 +115,11 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str = Field("glip-model", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    landmarks: tuple[str, ...] = Field(
+        glipcore.LANDMARKS,
+        description="predicted landmarks in channel order: the hinge points RCC, LCC, NCC "
+        "and optionally the coronary ostia LCO, RCO",
+    )
     out_dir: Path = Path("runs/glip-model")
     bundle_dir: Path | None = None
     seed: int = 0
@@ -125,6 +135,32 @@ class TrainConfig(BaseModel):
     augment: Augment = Augment()
     optim: OptimConfig = OptimConfig()
     cv: CVConfig = CVConfig()
+
+    @field_validator("landmarks")
+    @classmethod
+    def _known_landmarks(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return check_landmarks(v)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derive_out_channels(cls, data: Any) -> Any:
+        """model.out_channels defaults to the number of landmarks when not given."""
+        if not isinstance(data, dict) or "landmarks" not in data:
+            return data
+        model = data.get("model", {})
+        if isinstance(model, dict) and "out_channels" not in model:
+            data = {**data, "model": {**model, "out_channels": len(tuple(data["landmarks"]))}}
+        return data
+
+    @model_validator(mode="after")
+    def _channels_match_landmarks(self) -> TrainConfig:
+        if self.model.out_channels != len(self.landmarks):
+            raise ValueError(
+                f"model.out_channels is {self.model.out_channels} but {len(self.landmarks)} "
+                f"landmarks are configured ({', '.join(self.landmarks)}): set out_channels to "
+                f"{len(self.landmarks)} or leave it out"
+            )
+        return self
 
 
 def load_config(path: Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
@@ -263,7 +299,7 @@ def train_fold(
     history: list[dict[str, float]] = []
     best = (math.inf, -1)
     best_state: dict[str, torch.Tensor] = {}
-    best_errors = np.zeros((0, 3))
+    best_errors = np.zeros((0, len(cfg.landmarks)))
     start = 0
     last = out_dir / "last.pt"
     if resume and last.exists():
@@ -286,6 +322,7 @@ def train_fold(
             seed=seed * 10_000 + epoch,
             augment=cfg.augment,
             pad_value=pad,
+            landmarks=cfg.landmarks,
         )
         losses = []
         bar = tqdm(
@@ -297,14 +334,14 @@ def train_fold(
             leave=False,
         )
         try:
-            for _, (x, h) in bar:
-                x, h = x.to(device), h.to(device)
+            for _, (x, h, known) in bar:
+                x, h, known = x.to(device), h.to(device), known.to(device)
                 if cfg.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last_3d)
                 opt.zero_grad(set_to_none=True)
                 with torch.autocast(device_type=device.type, enabled=device.type == "cuda"):
                     out = model(x)
-                loss = loss_fn(out.float(), h)
+                loss = loss_fn(out.float(), h, known)
                 scaler.scale(loss).backward()
                 scaler.step(opt)
                 scaler.update()
@@ -315,18 +352,18 @@ def train_fold(
         t_train = time.perf_counter() - t0
         model.eval()
         refined, argmax = predict_cases([model], val, device)
-        truth = np.stack([c.landmarks_lps for c in val])
-        err = euclidean_errors(refined, truth)
+        truth = np.stack([c.points(cfg.landmarks) for c in val])
+        err = euclidean_errors(refined, truth)  # NaN where a case lacks the landmark
         err_arg = euclidean_errors(argmax, truth)
-        med = float(np.median(err))
+        med = float(np.nanmedian(err))
         sched.step(med)
         row = {
             "epoch": epoch + 1,
             "loss": float(np.mean(losses)),
             "val_median_mm": med,
-            "val_mean_mm": float(err.mean()),
-            "val_worst_mm": float(err.max()),
-            "val_median_argmax_mm": float(np.median(err_arg)),
+            "val_mean_mm": float(np.nanmean(err)),
+            "val_worst_mm": float(np.nanmax(err)),
+            "val_median_argmax_mm": float(np.nanmedian(err_arg)),
             "lr": float(opt.param_groups[0]["lr"]),
             "train_s": t_train,
             "steps_per_s": cfg.optim.steps_per_epoch / t_train,
@@ -373,11 +410,23 @@ def _write_log(out_dir: Path, history: list[dict[str, float]]) -> None:
 # ---------------------------------------------------------------------------- CV
 
 
-def naive_offsets(cases: Sequence[Case], prep: Preprocessing) -> np.ndarray:
-    """Mean offset (L, 3) mm of each landmark from the contrast-blood centroid: the naive
-    baseline adds these to a test case's blood centroid (see :func:`naive_predict`)."""
-    diffs = [c.landmarks_lps - blood_centroid(c.volume, prep) for c in cases]
-    return np.asarray(np.mean(diffs, axis=0), dtype=np.float64)
+def naive_offsets(
+    cases: Sequence[Case], prep: Preprocessing, landmarks: Sequence[str] = glipcore.LANDMARKS
+) -> np.ndarray:
+    """Mean offset (L, 3) mm of each landmark from the contrast-blood centroid, over the
+    cases that know it: the naive baseline adds these to a test case's blood centroid (see
+    :func:`naive_predict`)."""
+    check_coverage(cases, landmarks)
+    diffs = [c.points(landmarks) - blood_centroid(c.volume, prep) for c in cases]
+    return np.asarray(np.nanmean(diffs, axis=0), dtype=np.float64)
+
+
+def check_coverage(cases: Sequence[Case], landmarks: Sequence[str]) -> None:
+    """ValueError naming the landmarks that no case has truth for (nothing to learn)."""
+    known = with_truth(landmarks, (c.points(landmarks) for c in cases))
+    missing = [n for n in landmarks if n not in known]
+    if missing:
+        raise ValueError(f"no training case has truth for {missing}")
 
 
 def blood_centroid(vol: Volume, prep: Preprocessing, hu: tuple[float, float] = (200, 600)) -> Any:
@@ -410,6 +459,7 @@ def run(cfg: TrainConfig, *, resume: bool = True, progress: bool = True) -> RunR
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     cases, data_meta = load_cases(cfg, progress)
+    check_coverage(cases, cfg.landmarks)
     by_id = {c.case_id: c for c in cases}
     split = make_split(list(by_id), cfg.seed, cfg.cv.test_fraction, cfg.cv.folds)
     folds = cfg.cv.train_folds if cfg.cv.train_folds is not None else range(cfg.cv.folds)
@@ -431,7 +481,7 @@ def run(cfg: TrainConfig, *, resume: bool = True, progress: bool = True) -> RunR
                 )
             )
     cv_scores = {
-        k: float(np.median(np.concatenate([r.val_errors_mm.ravel() for r in v])))
+        k: float(np.nanmedian(np.concatenate([r.val_errors_mm.ravel() for r in v])))
         for k, v in results.items()
     }
     (sigma, lam), cv_median = min(cv_scores.items(), key=lambda kv: kv[1])
@@ -448,17 +498,17 @@ def run(cfg: TrainConfig, *, resume: bool = True, progress: bool = True) -> RunR
     if test_cases:
         sharp: list[np.ndarray] = []
         refined, argmax = predict_cases(models, test_cases, device, sharpness=sharp)
-        truth = np.stack([c.landmarks_lps for c in test_cases])
+        truth = np.stack([c.points(cfg.landmarks) for c in test_cases])
         err, err_arg = euclidean_errors(refined, truth), euclidean_errors(argmax, truth)
         test_metrics = {
             "cases": len(test_cases),
-            "median_mm": float(np.median(err)),
-            "worst_mm": float(err.max()),
-            "median_argmax_mm": float(np.median(err_arg)),
-            "median_per_landmark_mm": np.median(err, axis=0).round(3).tolist(),
+            "median_mm": float(np.nanmedian(err)),
+            "worst_mm": float(np.nanmax(err)),
+            "median_argmax_mm": float(np.nanmedian(err_arg)),
+            "median_per_landmark_mm": _per_landmark_medians(err),
             "median_sharpness": float(np.median(np.stack(sharp))),
         }
-    offsets = naive_offsets([by_id[i] for i in sorted(train_ids)], cfg.preprocessing)
+    offsets = naive_offsets([by_id[i] for i in sorted(train_ids)], cfg.preprocessing, cfg.landmarks)
     summary = {
         "name": cfg.name,
         "chosen": {"sigma_mm": sigma, "lambda": lam, "cv_median_mm": cv_median},
@@ -478,6 +528,7 @@ def run(cfg: TrainConfig, *, resume: bool = True, progress: bool = True) -> RunR
     save_bundle(
         bundle_dir,
         name=cfg.name,
+        landmarks=cfg.landmarks,
         model_cfg=cfg.model,
         preprocessing=cfg.preprocessing,
         sigma_mm=sigma,
@@ -512,3 +563,8 @@ def run(cfg: TrainConfig, *, resume: bool = True, progress: bool = True) -> RunR
         },
     )
     return RunResult(Path(bundle_dir), summary)
+
+
+def _per_landmark_medians(err: np.ndarray) -> list[float | None]:
+    """Median error (mm) of each landmark column of (N, L); None where no case knows it."""
+    return [round(float(np.nanmedian(col)), 3) if np.isfinite(col).any() else None for col in err.T]

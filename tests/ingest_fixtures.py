@@ -16,7 +16,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -434,11 +434,15 @@ def retag(files: list[Path], out_dir: Path, suffix: str, **attrs: Any) -> list[P
 class Rig:
     """Ingest without the network and sweep with an explicit clock."""
 
-    def __init__(self, cfg: NodeConfig) -> None:
+    def __init__(self, cfg: NodeConfig, started_at: datetime | None = None) -> None:
         self.cfg = cfg
         self.engine = engine_from_config(cfg)
         self.store = IngestStore(self.engine, Archive.from_config(cfg.archive_dir, cfg.archive))
-        self.assembler = Assembler(cfg, self.engine)
+        # a node running for a day unless told otherwise: the sweeps' explicit clocks then
+        # meet no fresh quiet period after a start
+        self.assembler = Assembler(
+            cfg, self.engine, started_at=started_at or utcnow() - timedelta(days=1)
+        )
         self.sessions = session_factory(self.engine)
 
     def send(self, files: list[Path]) -> list[str]:
@@ -471,8 +475,8 @@ class Rig:
 def rig_factory(migrated_url: str, tmp_path: Path) -> Iterator[Any]:
     rigs: list[Rig] = []
 
-    def make(**overrides: Any) -> Rig:
-        rig = Rig(node_config(migrated_url, tmp_path / "var", **overrides))
+    def make(started_at: datetime | None = None, **overrides: Any) -> Rig:
+        rig = Rig(node_config(migrated_url, tmp_path / "var", **overrides), started_at)
         rigs.append(rig)
         return rig
 
@@ -480,3 +484,87 @@ def rig_factory(migrated_url: str, tmp_path: Path) -> Iterator[Any]:
     for r in rigs:
         r.store.close()
         r.engine.dispose()
+
+
+# --------------------------------------------------------------------------- raw SCU
+
+
+def variant(src: Path, out: Path, *, meta_class: str | None = None, **attrs: Any) -> Path:
+    """A copy of the DICOM file ``src`` with a new SOP Instance UID and ``attrs`` set;
+    ``TransferSyntaxUID`` among them re-encodes it (e.g. deflated), ``meta_class`` puts
+    another SOP class in the file meta than in the data set (pynetdicom's raw sender
+    picks the presentation context from the file meta)."""
+    from pydicom import dcmread
+    from pydicom.uid import generate_uid
+
+    ds = dcmread(src)
+    ts = attrs.pop("TransferSyntaxUID", None)
+    uid = generate_uid(entropy_srcs=[str(ds.SOPInstanceUID), str(out)])
+    ds.SOPInstanceUID = uid
+    for k, v in attrs.items():
+        setattr(ds, k, v)
+    ds.file_meta.MediaStorageSOPInstanceUID = uid
+    ds.file_meta.MediaStorageSOPClassUID = meta_class or ds.SOPClassUID
+    if ts is not None:
+        ds.file_meta.TransferSyntaxUID = ts
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # enforce_file_format would take the meta's SOP class from the data set
+    ds.save_as(out, enforce_file_format=meta_class is None)
+    return out
+
+
+class RawScu:
+    """A pynetdicom SCU sending files' data sets as they are encoded (no re-encoding),
+    with the presentation context named by each file's meta. Use as a context manager."""
+
+    def __init__(
+        self,
+        port: int,
+        contexts: list[tuple[str, list[str]]],
+        *,
+        calling: str = "STORESCU",
+        called: str = "GLIPNODE",
+    ) -> None:
+        from pynetdicom import AE
+
+        self.ae = AE(ae_title=calling)
+        self.ae.acse_timeout = self.ae.dimse_timeout = self.ae.network_timeout = 60
+        for sop_class, syntaxes in contexts:  # one context per transfer syntax
+            for ts in syntaxes:
+                self.ae.add_requested_context(sop_class, [ts])
+        self.assoc = self.ae.associate("127.0.0.1", port, ae_title=called)
+
+    def __enter__(self) -> RawScu:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.assoc.is_established:
+            self.assoc.release()
+
+    @property
+    def accepted(self) -> set[str]:
+        """The abstract syntaxes the node accepted."""
+        return {str(cx.abstract_syntax) for cx in self.assoc.accepted_contexts}
+
+    def send(self, path: Path) -> int:
+        """C-STORE the data set of ``path``; the status (-1: no response)."""
+        from pynetdicom import _config
+
+        old = _config.STORE_SEND_CHUNKED_DATASET
+        _config.STORE_SEND_CHUNKED_DATASET = True
+        try:
+            rsp = self.assoc.send_c_store(path)
+        finally:
+            _config.STORE_SEND_CHUNKED_DATASET = old
+        return int(rsp.Status) if "Status" in rsp else -1
+
+
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A throwaway self-signed key and certificate (CN=localhost) in ``folder``."""
+    key, crt = folder / "node.key", folder / "node.crt"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(crt)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return key, crt

@@ -339,3 +339,21 @@ def test_series_that_stops_qualifying_cancels_its_waiting_job(
     assert (cancelled.id, cancelled.state) == (job.id, "cancelled")
     assert "several instances at the same position" in (cancelled.reason or "")
     assert rig.series(_uid(13, "dup")).decision == "not_selected"
+
+
+def test_a_series_received_before_the_start_gets_a_fresh_quiet_period(
+    rig_factory: Any, tmp_path: Path
+) -> None:
+    rig = rig_factory(started_at=utcnow(), assembler={"quiet_time_s": 30.0})
+    rig.send(write_series(tmp_path / "s", seed=9, case_id="down"))
+    with rig.sessions() as s, s.begin():  # its last instance came an hour before the start
+        hour_ago = utcnow() - timedelta(hours=1)
+        s.execute(update(Series).values(last_received_at=hour_ago, burst_started_at=hour_ago))
+    rig.assembler.sweep()  # just after the start
+    assert rig.series(_uid(9, "down")).state == "receiving"
+    rig.sweep_after(20)  # still inside the fresh quiet period
+    assert rig.series(_uid(9, "down")).state == "receiving" and rig.jobs() == []
+    rig.sweep_after(31)  # quiet for quiet_time_s since the start
+    s = rig.series(_uid(9, "down"))
+    assert (s.state, s.completion) == ("complete", "quiet")
+    assert len(rig.jobs()) == 1

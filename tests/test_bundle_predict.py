@@ -9,11 +9,19 @@ import numpy as np
 import pytest
 import torch
 
+from glipcore import ALL_LANDMARKS, LANDMARKS
 from glipcore.bundle import BundleError, load_bundle, save_bundle
-from glipcore.predict import Predictor, infer_heatmaps
+from glipcore.geometry import plane_or_none
+from glipcore.predict import (
+    DegeneratePredictionError,
+    LandmarkConfidence,
+    Prediction,
+    Predictor,
+    infer_heatmaps,
+)
 from glipcore.preprocess import Preprocessing
 from glipcore.unet import UNetConfig, build_unet
-from tests.toy_cases import toy_hu_volume
+from tests.toy_cases import toy_bundle, toy_hu_volume
 
 CFG = UNetConfig(widths=(4, 8, 16))
 
@@ -113,3 +121,46 @@ def test_predictor_outputs_lps_plane_and_confidence(tmp_path: Path) -> None:
     d = pred.to_dict()
     assert set(d["landmarks_lps_mm"]) == {"RCC", "LCC", "NCC"}
     assert {"resample", "inference", "decode"} <= set(d["timings_s"])
+
+
+def test_bundle_landmarks_must_match_the_channels(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="3 output channels but the bundle names 5"):
+        toy_bundle(tmp_path / "x", ALL_LANDMARKS, out_channels=3)
+    path, _ = _bundle(tmp_path)
+    m = json.loads((path / "bundle.json").read_text())
+    m["landmarks"] = ["RCC", "LCC", "LCO"]
+    (path / "bundle.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="must include the hinge points"):
+        load_bundle(path)
+
+
+def test_five_landmark_bundle_predicts_points_by_name(tmp_path: Path) -> None:
+    path = toy_bundle(tmp_path / "b5", ALL_LANDMARKS)
+    vol, _ = toy_hu_volume(3, ostia=True)
+    pred = Predictor(path, threads=1).predict(vol)
+    assert pred.names == ALL_LANDMARKS and len(pred.confidence) == 5
+    by_name = pred.points_by_name()
+    assert list(by_name) == list(ALL_LANDMARKS)
+    for i, n in enumerate(ALL_LANDMARKS):
+        assert np.array_equal(by_name[n], pred.landmarks_lps[i])
+    assert np.array_equal(pred.points(), pred.landmarks_lps[:3])  # default: the hinges
+    assert list(pred.points_by_name(LANDMARKS)) == list(LANDMARKS)
+    with pytest.raises(ValueError, match="no landmark 'LM'"):
+        pred.points(["LM"])
+
+
+def test_degenerate_prediction_has_no_plane_but_stays_a_result() -> None:
+    pts = np.array([[0.0, 0, 0], [0.0, 0, 0], [5.0, 1, 0]])  # two hinges on one spot
+    conf = LandmarkConfidence(0.0, 500.0, 1.0, 1.0)
+    pred = Prediction(
+        names=LANDMARKS,
+        landmarks_lps=pts,
+        landmarks_argmax_lps=pts,
+        fold_landmarks_lps=pts[None],
+        hinge_plane=plane_or_none(pts),
+        confidence=(conf, conf, conf),
+        model_version="toy-000000000000",
+    )
+    assert pred.degenerate and pred.to_dict()["plane"] is None
+    with pytest.raises(DegeneratePredictionError, match="collinear"):
+        _ = pred.plane

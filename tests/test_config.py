@@ -151,3 +151,39 @@ def test_cli_config_check(tmp_path: Path) -> None:
     res = runner.invoke(app, ["--config", str(bad), "config", "check"])
     assert res.exit_code == 2
     assert "network.port" in res.output
+
+
+def test_file_errors_name_the_file_key_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "node.yaml"
+    path.write_text(
+        "ae_title: NODE\n"
+        "network:\n"
+        "  bind_address: 127.0.0.1\n"
+        "  port: eleven\n"
+        "access:\n"
+        "  allowed:\n"
+        "    - {ae_title: PACS}\n"
+        "    - ae_title: 'A\\B'\n"
+        "  acept_any: true\n"
+    )
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    msg = str(err.value)
+    lines = {line.split(":")[0].strip(): line for line in msg.splitlines()[1:]}
+    assert lines["network.port"].endswith(f"(got 'eleven') [file {path}, line 4]")
+    assert lines["access.allowed.1.ae_title"].endswith(f"[file {path}, line 8]")
+    assert lines["access.acept_any"] == (
+        f"  access.acept_any: unknown key; expected one of: accept_any, allowed "
+        f"[file {path}, line 9]"
+    )
+    assert "DICOMNODE_" not in "".join(lines.values())
+
+
+def test_cli_config_check_blames_the_file_not_the_environment(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("network:\n  port: eleven\n")
+    res = CliRunner().invoke(app, ["--config", str(bad), "config", "check"])
+    assert res.exit_code == 2
+    out = " ".join(res.output.split())  # the console wraps long lines
+    assert "network.port:" in out and f"(got 'eleven') [file {bad}, line 2]" in out
+    assert "DICOMNODE_NETWORK__PORT" not in out

@@ -3,10 +3,13 @@ geometry, rotation keeps image and heatmaps together, never a mirror."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 
-from glipcore.dataset import Augment, CropConfig, make_sample
+from glipcore import ALL_LANDMARKS
+from glipcore.dataset import Augment, CropConfig, collate, make_sample
 from glipcore.geometry import lps_to_ijk
 from glipcore.preprocess import Preprocessing
 from tests.toy_cases import BLOB_HU, toy_cases
@@ -53,3 +56,33 @@ def test_heatmap_peak_is_one_at_the_landmark() -> None:
         expected = np.exp(-d2.sum() / 2.0)
         got = float(s.heatmaps[lm, round(k), round(j), round(i)])
         assert abs(got - expected) < 1e-5
+
+
+def test_five_landmark_sample_zeroes_and_flags_an_unknown_ostium() -> None:
+    case = toy_cases(1, seed=10, ostia=True)[0]
+    assert case.ostia_lps is not None
+    lco_only = np.array([case.ostia_lps[0], [np.nan] * 3])
+    partial = dataclasses.replace(case, ostia_lps=lco_only)
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        s = make_sample(partial, CROP, 1.5, rng, None, 0.0, ALL_LANDMARKS)
+        assert s.heatmaps.shape == (5, *CROP.size_zyx)
+        assert s.known.tolist() == [True, True, True, True, False]
+        assert float(s.heatmaps[4].abs().max()) == 0.0  # RCO unknown: no target
+        # the known ones, LCO included, peak inside the crop with their margin
+        ijk = lps_to_ijk(s.affine, partial.points(ALL_LANDMARKS)[:4])
+        size = np.array(CROP.size_zyx[::-1])
+        assert np.all(ijk >= CROP.margin_vox - 1e-6) and np.all(ijk <= size - 1 - 4 + 1e-6)
+        assert float(s.heatmaps[3].max()) > 0.5
+    batch = collate([make_sample(partial, CROP, 1.5, rng, None, 0.0, ALL_LANDMARKS)] * 2)
+    assert batch[2].shape == (2, 5) and batch[2].dtype == torch.bool
+
+
+def test_three_landmark_samples_ignore_the_ostia() -> None:
+    """A hinge-point model's samples are the same whether or not the case knows ostia."""
+    with_ostia = toy_cases(1, seed=11, ostia=True)[0]
+    without = dataclasses.replace(with_ostia, ostia_lps=None)
+    a = make_sample(with_ostia, CROP, 1.5, np.random.default_rng(4), None, 0.0)
+    b = make_sample(without, CROP, 1.5, np.random.default_rng(4), None, 0.0)
+    assert torch.equal(a.heatmaps, b.heatmaps) and torch.equal(a.image, b.image)
+    assert a.heatmaps.shape[0] == 3 and bool(a.known.all())

@@ -11,11 +11,13 @@ from hypothesis import strategies as st
 
 from glipcore.geometry import (
     Plane,
+    heights_above,
     ijk_to_lps,
     ijk_to_zyx,
     lps_to_ijk,
     make_affine,
     plane_angle_deg,
+    plane_or_none,
     plane_through,
     spacing_of,
     zyx_to_ijk,
@@ -24,6 +26,7 @@ from glipcore.metrics import (
     SDR_THRESHOLDS_MM,
     euclidean_errors,
     plane_angle,
+    plane_errors,
     projection_distance,
     success_detection_rate,
     summarize,
@@ -175,3 +178,35 @@ def test_summarize() -> None:
     assert s.iqr == 2.0
     with pytest.raises(ValueError, match="no values"):
         summarize([])
+
+
+def test_degenerate_points_give_no_plane_and_undefined_plane_metrics() -> None:
+    same_spot = np.array([TRI[0], TRI[0], TRI[2]])
+    on_a_line = np.array([[0.0, 0, 0], [1.0, 1, 1], [3.0, 3, 3]])
+    for pts in (same_spot, on_a_line, np.array([TRI[0], TRI[1], [np.nan] * 3])):
+        assert plane_or_none(pts) is None
+        dist, angle = plane_errors(pts, TRI)
+        assert math.isnan(dist) and math.isnan(angle)
+    assert plane_or_none(TRI) is not None
+    assert plane_errors(TRI + np.array([0, 0, 2.5]), TRI) == pytest.approx((2.5, 0.0), abs=1e-6)
+    with pytest.raises(ValueError, match="collinear"):
+        plane_errors(TRI, same_spot)  # a truth without a plane is bad data, not a result
+
+
+def test_heights_above_use_the_cranial_normal() -> None:
+    """Signed distance along the normal turned superior (LPS +z), whatever the point order."""
+    tilted = TRI @ _rot(np.array([1.0, 0.0, 0.0]), math.radians(30)).T
+    ostium = tilted.mean(axis=0) + np.array([0.0, 0.0, 10.0])
+    up = heights_above(plane_through(tilted), ostium)
+    assert up == pytest.approx(10.0 * math.cos(math.radians(30)))
+    assert heights_above(plane_through(tilted[::-1]), ostium) == pytest.approx(up)
+    below = tilted.mean(axis=0) - np.array([0.0, 0.0, 4.0])
+    assert float(heights_above(plane_through(tilted), below)) < 0
+
+
+def test_summaries_count_undefined_values() -> None:
+    s = summarize([4.0, math.nan, 1.0, 3.0, 2.0, 10.0, math.nan])
+    assert (s.n, s.undefined, s.median, s.worst) == (5, 2, 3.0, 10.0)
+    empty = summarize([math.nan, math.nan])
+    assert (empty.n, empty.undefined) == (0, 2) and math.isnan(empty.median)
+    assert success_detection_rate([0.5, math.nan, 3.0], thresholds=[1.0]) == {1.0: 0.5}

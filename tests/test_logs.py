@@ -211,3 +211,45 @@ def test_registry_keeps_the_most_recent_values() -> None:
     reg.add(["DDD4"])  # evicts BBB2, the least recently seen
     assert len(reg) == 3
     assert reg.redact("AAA1 BBB2 CCC3 DDD4") == "[redacted] BBB2 [redacted] [redacted]"
+
+
+def test_sender_bytes_are_escaped_once(capture: io.StringIO) -> None:
+    logs.setup_logging(LoggingConfig(level="INFO", format="text"), stream=capture)
+    log = logging.getLogger("dicomnode.test")
+    uid = "1.2.3\x00\x1b[2J.4\nFORGED 2026-01-01 INFO fake line"
+    log.warning("series %s from %s (as repr: %r)", uid, "AE\x85\r", uid)
+    try:
+        raise ValueError(f"bad uid {uid}")
+    except ValueError:
+        log.exception("refused")
+    text = capture.getvalue()
+    lines = text.splitlines()
+    assert lines[0].endswith(
+        "series 1.2.3\\x00\\x1b[2J.4\\nFORGED 2026-01-01 INFO fake line from AE\\x85\\r "
+        "(as repr: '1.2.3\\x00\\x1b[2J.4\\nFORGED 2026-01-01 INFO fake line')"
+    )
+    assert not any(line.startswith("FORGED") for line in lines)
+    assert "\x00" not in text and "\x1b" not in text and "\r" not in text
+    assert "Traceback (most recent call last):\n" in text  # tracebacks keep their lines
+
+
+def test_json_lines_are_escaped_once(capture: io.StringIO) -> None:
+    logs.setup_logging(LoggingConfig(level="INFO", format="json"), stream=capture)
+    logging.getLogger("dicomnode.test").warning("ae %s", "EVIL\x00\x1b")
+    (line,) = capture.getvalue().splitlines()
+    assert json.loads(line)["message"] == "ae EVIL\\x00\\x1b"
+
+
+def test_pydicom_warnings_are_logged_once(capture: io.StringIO) -> None:
+    logs.setup_logging(LoggingConfig(level="INFO", format="text"), stream=capture)
+    ds = Dataset()
+    ds.SeriesInstanceUID = "1.2.3\x00.4"  # pydicom warns and logs: an invalid UI value
+    text = capture.getvalue()
+    assert text.count("Invalid value for VR UI") == 1, text
+    assert "'1.2.3\\x00.4'" in text and "\x00" not in text
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.warn("a plain warning stays", UserWarning, stacklevel=1)
+    assert "a plain warning stays" in capture.getvalue()

@@ -255,3 +255,87 @@ def test_shape_errors(name: str) -> None:
         loss(torch.zeros(1, 1, 2, 2, 2), torch.full((1, 1, 2, 2, 2), 2.0))
     with pytest.raises(ValueError, match="5-D"):
         grid_penalty(torch.zeros(2, 2, 2))
+
+
+# ---- masking landmarks a case lacks ----
+
+NAMES_VARIANTS = [(n, v) for n in LOSS_NAMES for v in ("code", "paper")]
+
+
+def _masked_batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """pred, target (2, 5, 4, 5, 6) and a mask where sample 1 lacks landmarks 3 and 4."""
+    g = torch.Generator().manual_seed(3)
+    pred = torch.randn(2, 5, 4, 5, 6, generator=g, dtype=torch.float64)
+    target = torch.rand(2, 5, 4, 5, 6, generator=g, dtype=torch.float64) ** 4
+    known = torch.ones(2, 5, dtype=torch.bool)
+    known[1, 3:] = False
+    return pred, target, known
+
+
+def _loss_and_grad(
+    name: str, variant: str, pred: torch.Tensor, target: torch.Tensor, known: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    p = pred.clone().requires_grad_(True)
+    loss = make_loss(name, variant=variant)(p, target, known)  # type: ignore[arg-type]
+    loss.backward()
+    assert p.grad is not None
+    return loss.detach(), p.grad
+
+
+@pytest.mark.parametrize(("name", "variant"), NAMES_VARIANTS)
+def test_masked_landmark_gives_no_loss_and_no_gradient(name: str, variant: str) -> None:
+    pred, target, known = _masked_batch()
+    loss, grad = _loss_and_grad(name, variant, pred, target, known)
+    # another target (even NaN) and another output on the unknown maps change nothing ...
+    target2, pred2 = target.clone(), pred.clone()
+    target2[1, 3] = 1.0 - target2[1, 3]
+    target2[1, 4] = float("nan")
+    pred2[1, 3:] = 5.0 * torch.randn(2, 4, 5, 6, dtype=torch.float64)
+    loss2, grad2 = _loss_and_grad(name, variant, pred2, target2, known)
+    assert torch.equal(loss, loss2) and torch.equal(grad, grad2)
+    # ... the unknown maps get no gradient, the known ones do
+    assert float(grad[1, 3:].abs().max()) == 0.0
+    assert float(grad[1, :3].abs().min(dim=0).values.max()) > 0
+    # while without the mask the changed target does change the loss
+    assert not torch.equal(
+        _loss_and_grad(name, variant, pred, target, None)[0],
+        _loss_and_grad(name, variant, pred, target2.nan_to_num(0.5), None)[0],
+    )
+
+
+@pytest.mark.parametrize(("name", "variant"), NAMES_VARIANTS)
+def test_a_landmark_no_sample_knows_is_as_if_absent(name: str, variant: str) -> None:
+    """Unknown everywhere = not there: it does not count in any average."""
+    pred, target, _ = _masked_batch()
+    known = torch.ones(2, 5, dtype=torch.bool)
+    known[:, 4] = False
+    masked = _loss_and_grad(name, variant, pred, target, known)[0]
+    without = _loss_and_grad(name, variant, pred[:, :4], target[:, :4], None)[0]
+    assert masked.item() == pytest.approx(without.item(), rel=1e-12)
+
+
+@pytest.mark.parametrize(("name", "variant"), NAMES_VARIANTS)
+def test_all_known_mask_is_exactly_the_unmasked_loss(name: str, variant: str) -> None:
+    pred, target, _ = _masked_batch()
+    all_known = torch.ones(2, 5, dtype=torch.bool)
+    a, ga = _loss_and_grad(name, variant, pred, target, all_known)
+    b, gb = _loss_and_grad(name, variant, pred, target, None)
+    assert torch.equal(a, b) and torch.equal(ga, gb)
+
+
+def test_masked_ot_by_hand() -> None:
+    """Sample 1 lacks landmark 1: landmark 1 pools sample 0 alone; 3 known pairs."""
+    f = _t(np.array([[[[[1.0, 3.0]]], [[[2.0, 6.0]]]], [[[[5.0, 1.0]]], [[[9.0, 9.0]]]]]))
+    h = _t(np.array([[[[[1.0, 0.0]]], [[[0.0, 1.0]]]], [[[[0.0, 1.0]]], [[[0.3, 0.3]]]]]))
+    known = torch.tensor([[True, True], [True, False]])
+    # landmark 0: pos = (1 + 1) / 2 = 1, neg = (3 + 5) / 2 = 4; landmark 1: pos 6, neg 2
+    want = ((4 - 1) + (2 - 6)) / 3
+    assert ot_term(f, h, known).item() == pytest.approx(want)
+
+
+def test_mask_errors() -> None:
+    pred, target, known = _masked_batch()
+    with pytest.raises(ValueError, match=r"known must be \(B, L\)"):
+        make_loss("glip")(pred, target, known[:, :3])
+    with pytest.raises(ValueError, match="no landmark of the batch is known"):
+        make_loss("mse")(pred, target, torch.zeros(2, 5, dtype=torch.bool))

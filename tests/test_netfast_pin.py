@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+from io import BytesIO
 from pathlib import Path
 
 import pynetdicom
@@ -13,6 +14,8 @@ import pytest
 from pynetdicom import AE
 from pynetdicom.acse import ACSE
 from pynetdicom.association import Association
+from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dimse_messages import DIMSEMessage
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
@@ -56,7 +59,8 @@ def test_private_methods_netfast_overrides_or_calls_exist() -> None:
         (DULServiceProvider, ["_is_transport_event", "idle_timer_expired", "receive_pdu"]),
         (Association, ["_run_reactor", "_serve_request", "kill", "abort", "bind"]),
         (ACSE, ["_negotiate_as_acceptor", "send_reject", "is_release_requested", "is_aborted"]),
-        (RequestHandler, ["_create_association"]),
+        (RequestHandler, ["_create_association", "handle"]),
+        (DIMSEServiceProvider, ["receive_primitive"]),
     ]:
         for name in names:
             assert callable(getattr(cls, name, None)), f"{cls.__name__}.{name} is gone"
@@ -87,7 +91,9 @@ def test_private_attributes_netfast_reads_exist() -> None:
         "state_machine",
     ]:
         assert hasattr(dul, name), f"DULServiceProvider.{name} is gone"
-    assert hasattr(assoc.dimse, "msg_queue"), "DIMSEServiceProvider.msg_queue is gone"
+    for name in ["msg_queue", "message", "cancel_req"]:
+        assert hasattr(assoc.dimse, name), f"DIMSEServiceProvider.{name} is gone"
+    assert isinstance(DIMSEMessage().data_set, BytesIO), "DIMSEMessage.data_set is not a BytesIO"
     assert isinstance(ae._servers, list), "AE._servers is gone"
     server = ThreadedAssociationServer(ae, ("127.0.0.1", 0), "X", ae.supported_contexts)
     try:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import subprocess
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +17,14 @@ import numpy as np
 import pydicom
 import pytest
 from matplotlib.image import imread
+from pydicom.sr.codedict import codes
 
 from dicomnode.config import Identity
 from dicomnode.process.outputs import (
     KINDS,
     OutputContext,
     OutputError,
+    PriorResult,
     build_all,
     build_key_images,
     build_seg,
@@ -39,6 +44,8 @@ from glipcore.volume import Volume
 NAMES = ("RCC", "LCC", "NCC")
 VERSION = "phantom-glip-0123456789ab"
 KEY_SIZE = 256
+RECIPE = "0123456789abcdef01234567"
+JOB_TIME = datetime(2025, 3, 1, 9, 30, 15, 250000, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -76,6 +83,8 @@ def make_ctx(ct: Ct) -> Callable[..., OutputContext]:
             "trained_on_phantom": True,
             "warnings": ["NCC-RCC distance unusually short"],
             "identity": Identity(),
+            "recipe": RECIPE,
+            "content_time": JOB_TIME,
         }
         args.update(over)
         return OutputContext(**args)
@@ -370,3 +379,168 @@ def test_key_images_refuse_bad_sizes(make_ctx: Callable[..., OutputContext]) -> 
         build_key_images(make_ctx(), size_px=8)
     with pytest.raises(OutputError, match="field of view"):
         build_key_images(make_ctx(), size_px=128, fov_mm=-1.0)
+
+
+# --------------------------------------------------------------------------- item 10: TID 1600
+
+
+def _library_uids(sr: pydicom.Dataset) -> list[str]:
+    """SOP Instance UIDs of the IMAGE items in the SR's Image Library (TID 1600)."""
+    (library,) = hd.sr.utils.find_content_items(sr, name=codes.DCM.ImageLibrary, recursive=True)
+    images = hd.sr.utils.find_content_items(
+        library, value_type=hd.sr.ValueTypeValues.IMAGE, recursive=True
+    )
+    return [str(i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID) for i in images]
+
+
+def test_sr_image_library_lists_the_ct_instances(
+    make_ctx: Callable[..., OutputContext], ct: Ct, tmp_path: Path
+) -> None:
+    path = tmp_path / "sr.dcm"
+    dciodvfy(build_sr(make_ctx()), path)
+    sr = hd.sr.srread(path)
+    uids = _library_uids(sr)
+    assert sorted(uids) == sorted(h.SOPInstanceUID for h in ct.headers)
+    dump = subprocess.run(
+        ["dsrdump", "+Pu", str(path)], capture_output=True, text=True, check=True
+    ).stdout
+    assert 'CONTAINER:(,,"Image Library")' in dump
+    for h in ct.headers:
+        assert f'IMAGE:(,,"Source")=(CT image,"{h.SOPInstanceUID}")' in dump
+    report = hd.sr.MeasurementReport.from_sequence(sr.content)  # still a valid TID 1500
+    assert len(report.get_planar_roi_measurement_groups()) == 4
+
+
+# --------------------------------------------------------------------------- item 9: modules
+
+
+def _rich_headers(ct: Ct) -> list[pydicom.Dataset]:
+    """The CT headers with more of the Patient, Patient Study and Clinical Trial modules."""
+    heads = []
+    for h in ct.headers:
+        d = copy.deepcopy(h)
+        d.OtherPatientIDs = ["ALT-1", "ALT-2"]
+        other = pydicom.Dataset()
+        other.PatientID = "MRN-77"
+        other.IssuerOfPatientID = "HOSPITAL-B"
+        other.TypeOfPatientID = "TEXT"
+        d.OtherPatientIDsSequence = [other]
+        d.IssuerOfPatientID = "HOSPITAL-A"
+        d.PatientAge = "071Y"
+        d.PatientSize = 1.72
+        d.PatientWeight = 81.5
+        d.StudyDescription = "TAVR planning CT"
+        d.ClinicalTrialSponsorName = "Sponsor"
+        d.ClinicalTrialProtocolID = "PROTO-1"
+        d.ClinicalTrialProtocolName = ""
+        d.ClinicalTrialSiteID = "S01"
+        d.ClinicalTrialSiteName = ""
+        d.ClinicalTrialSubjectID = "SUBJ-9"
+        d.ClinicalTrialTimePointID = "BASELINE"
+        heads.append(d)
+    return heads
+
+
+COPIED = (
+    "OtherPatientIDs",
+    "OtherPatientIDsSequence",
+    "IssuerOfPatientID",
+    "PatientAge",
+    "PatientSize",
+    "PatientWeight",
+    "StudyDescription",
+    "ClinicalTrialSponsorName",
+    "ClinicalTrialProtocolID",
+    "ClinicalTrialSiteID",
+    "ClinicalTrialSubjectID",
+    "ClinicalTrialTimePointID",
+)
+
+
+def test_every_output_copies_the_patient_and_study_modules(
+    make_ctx: Callable[..., OutputContext], ct: Ct, tmp_path: Path
+) -> None:
+    assert set(COPIED) - {"OtherPatientIDs"} <= set(PATIENT_STUDY_KEYWORDS)
+    heads = _rich_headers(ct)
+    out = build_all(
+        make_ctx(source=heads), seg_radius_mm=2.5, keyimage_size_px=128, keyimage_fov_mm=60.0
+    )
+    src = heads[0]
+    datasets = out.datasets()
+    assert len(datasets) == 5
+    for n, ds in enumerate(datasets):
+        back = pydicom.dcmread(io.BytesIO(_bytes(ds)))
+        for keyword in COPIED:
+            assert keyword in back, (back.Modality, keyword)
+            assert back[keyword].value == src[keyword].value, (back.Modality, keyword)
+        for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex"):
+            assert back[keyword].value == src[keyword].value
+        dciodvfy(ds, tmp_path / f"out{n}.dcm")
+
+
+def _bytes(ds: pydicom.Dataset) -> bytes:
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------- item 1: UIDs
+
+
+OPTS: dict[str, Any] = {"seg_radius_mm": 2.5, "keyimage_size_px": 128, "keyimage_fov_mm": 60.0}
+
+
+def test_encoding_the_same_job_again_gives_the_same_bytes(
+    make_ctx: Callable[..., OutputContext],
+) -> None:
+    first = build_all(make_ctx(), **OPTS)
+    time.sleep(1.1)  # the wall clock moved on: no object may show it
+    again = build_all(make_ctx(), **OPTS)
+    assert [_bytes(ds) for ds in first.datasets()] == [_bytes(ds) for ds in again.datasets()]
+    local = JOB_TIME.astimezone()
+    for ds in first.datasets():
+        assert ds.InstanceCreationDate == local.strftime("%Y%m%d")
+        assert ds.ContentTime == local.strftime("%H%M%S.%f")
+    assert first.keyimages[0].dataset.DateOfSecondaryCapture == local.strftime("%Y%m%d")
+
+
+def test_uids_follow_the_input_set_and_the_recipe(
+    make_ctx: Callable[..., OutputContext], ct: Ct
+) -> None:
+    base = _uids(build_all(make_ctx(), **OPTS))
+    shuffled = _uids(build_all(make_ctx(source=ct.headers[::-1]), **OPTS))
+    assert shuffled == base  # a set: arrival order does not matter
+    other = copy.deepcopy(ct.headers)
+    other[7].SOPInstanceUID = pydicom.uid.generate_uid()  # one instance replaced
+    changed = {
+        "input set": _uids(build_all(make_ctx(source=other), **OPTS)),
+        "recipe": _uids(build_all(make_ctx(recipe="fedcba9876543210fedcba98"), **OPTS)),
+    }
+    for why, uids in changed.items():
+        assert not {s for s, _ in uids} & {s for s, _ in base}, why
+        assert not {i for _, i in uids} & {i for _, i in base}, why
+
+
+def test_a_reprocessed_sr_names_the_result_it_replaces(
+    make_ctx: Callable[..., OutputContext], ct: Ct, tmp_path: Path
+) -> None:
+    prior = PriorResult(
+        sr_sop_instance_uid="2.25.1111",
+        sr_series_instance_uid="2.25.2222",
+        description="job 3 of 2025-03-01 09:00 UTC, 142 instances",
+    )
+    path = tmp_path / "sr.dcm"
+    dciodvfy(build_sr(make_ctx(prior=prior)), path)
+    sr = hd.sr.srread(path)
+    (study,) = sr.PredecessorDocumentsSequence
+    assert study.StudyInstanceUID == ct.headers[0].StudyInstanceUID
+    (series,) = study.ReferencedSeriesSequence
+    assert series.SeriesInstanceUID == "2.25.2222"
+    (ref,) = series.ReferencedSOPSequence
+    assert ref.ReferencedSOPInstanceUID == "2.25.1111"
+    assert ref.ReferencedSOPClassUID == pydicom.uid.Comprehensive3DSRStorage
+    assert any("Replaces" in t and "2.25.1111" in t and "142 instances" in t for t in _texts(sr))
+    assert "PredecessorDocumentsSequence" not in build_sr(make_ctx())
+    own = build_sr(make_ctx()).SOPInstanceUID
+    with pytest.raises(OutputError, match="replace itself"):
+        build_sr(make_ctx(prior=PriorResult(own, "2.25.2222", "job 1")))

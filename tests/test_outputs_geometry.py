@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,8 @@ from glipcore.geometry import make_affine
 from glipcore.volume import Volume
 
 ROOT = Identity().uid_root
+RECIPE = "0123456789abcdef01234567"
+JOB_TIME = datetime(2025, 3, 1, 9, 30, 15, tzinfo=UTC)
 SERIES = "1.2.3.4.5.6.7.8.9"
 
 
@@ -157,6 +160,8 @@ def make_ctx(tiny: tuple[Volume, list[pydicom.Dataset]], **over: Any) -> OutputC
         "trained_on_phantom": True,
         "warnings": [],
         "identity": Identity(),
+        "recipe": RECIPE,
+        "content_time": JOB_TIME,
     }
     args.update(over)
     return OutputContext(**args)

@@ -17,6 +17,7 @@ from scipy.ndimage import map_coordinates
 
 from glipcore.geometry import lps_to_ijk, plane_through
 from glipcore.phantom import PhantomCase, grid_for, random_case, render, sample, truth_of
+from glipcore.phantom.frame import root_frame
 from glipcore.phantom.truth import PhantomTruth
 
 SEED = 20240
@@ -275,3 +276,56 @@ def test_truth_dict_round_trip_and_errors() -> None:
     del bad["annulus_normal"]
     with pytest.raises(ValueError, match="annulus_normal"):
         PhantomTruth.from_dict(bad)
+
+
+# --------------------------------------------------------------------- with heavy calcium
+
+CALCIFIED = [random_case(SEED, i, calcium="heavy", hinge_calcium=True) for i in range(6)]
+
+
+def test_calcium_options_leave_the_anatomy_of_the_default_cases() -> None:
+    """The checks above strip the calcium, so with calcium options they see the very same
+    anatomy: the options change nothing else."""
+    for case, calcified in zip(CASES, CALCIFIED, strict=False):
+        assert clean(calcified) == dataclasses.replace(
+            clean(case), scan=dataclasses.replace(case.scan, streaks=calcified.scan.streaks)
+        )
+        assert len(calcified.calcium) > len(case.calcium)
+
+
+def near(point: np.ndarray, radius: float, count: int = 400) -> np.ndarray:
+    """Points spread through a ball around ``point`` (a fixed pseudo-random cloud)."""
+    rng = np.random.default_rng(0)
+    d = rng.normal(size=(count, 3))
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    return point + radius * rng.random((count, 1)) ** (1 / 3) * d
+
+
+@pytest.mark.parametrize("case", CALCIFIED, ids=lambda c: f"case{c.index}")
+def test_hinges_stay_on_the_lumen_boundary_with_heavy_and_hinge_calcium(
+    case: PhantomCase,
+) -> None:
+    """Heavy calcium plus nodules 0-2 mm from every hinge: the calcium shows in the pixels
+    right beside each hinge, yet the lumen that defines the hinge (the LVOT just inside it,
+    the blood to within 1 mm of the hinge's radius just below the plane) reads as without
+    calcium, so the checks of the calcium-free anatomy above hold for the calcified case."""
+    truth = truth_of(case)
+    bare = clean(case)
+    n = truth.annulus_normal
+    thr = blood_threshold(case)
+    centre = float(sample(case, truth.annulus_center, artefacts=False))
+    assert abs(centre - case.hu.blood) < 0.1 * case.hu.blood
+    frame = root_frame(case.pose)
+    nodules = [(frame.to_world(np.asarray(c.center_local)), c.radius_mm) for c in case.calcium]
+    for k, hinge in enumerate(truth.landmarks_lps):
+        gaps = [float(np.linalg.norm(hinge - c)) - r for c, r in nodules]
+        assert 0.0 <= min(gaps) <= 2.0, (k, min(gaps))
+        cloud = near(hinge, 2.5)
+        added = sample(case, cloud, artefacts=False) - sample(bare, cloud, artefacts=False)
+        assert added.max() > 150.0, (k, added.max())  # calcium right beside the hinge
+        out = outward(truth, hinge)
+        s = np.arange(-4.0, -0.95, 0.05)
+        lumen = np.concatenate([hinge - 1.0 * n + s[:, None] * out, [hinge - 1.5 * (n + out)]])
+        hu = sample(case, lumen, artefacts=False)
+        assert (hu > thr).all(), (k, hu.min())
+        assert np.abs(hu - sample(bare, lumen, artefacts=False)).max() < 0.1 * case.hu.blood

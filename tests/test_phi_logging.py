@@ -83,3 +83,23 @@ def test_no_phi_in_logs_through_scp_and_jobs(
     with node.engine.connect() as c:
         states = sorted(c.execute(select(Job.state)).scalars())
     assert states == ["done", "failed"]
+
+
+def test_sender_controlled_bytes_reach_the_log_escaped_once(
+    captured: io.StringIO, node_factory: Any, tmp_path: Path
+) -> None:
+    from ingest_fixtures import RawScu, variant, write_series
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+
+    node = node_factory()
+    ct = write_series(tmp_path / "s", seed=71, case_id="ctl")[0]
+    forged = "1.2.840.10008.5.1.4.1.1.2\x00\x1b[2J\n2026-01-01 00:00:00 INFO forged line"
+    bad = variant(ct, tmp_path / "bad.dcm", meta_class=CTImageStorage, SOPClassUID=forged)
+    with RawScu(node.port, [(CTImageStorage, [ExplicitVRLittleEndian])]) as scu:
+        assert scu.send(bad) == 0xA900
+    node.stop()
+    text = captured.getvalue()
+    escaped = "1.2.840.10008.5.1.4.1.1.2\\x00\\x1b[2J\\n2026-01-01 00:00:00 INFO forged line"
+    assert f"its SOP Class UID {escaped} does not match" in text
+    assert not any(line.startswith("2026-01-01 00:00:00 INFO forged") for line in text.splitlines())
+    assert "\x00" not in text and "\x1b" not in text

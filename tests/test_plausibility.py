@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
+from pydantic import ValidationError
 
 from dicomnode.config import PlausibilityConfig
 from dicomnode.process.outputs.measurements import plane_tilt_deg
@@ -30,7 +32,7 @@ def test_plausible_prediction_is_ok() -> None:
 
 
 def test_each_check_flags() -> None:
-    cfg = PlausibilityConfig(min_confidence=0.5)
+    cfg = PlausibilityConfig(min_confidence=0.5, geometry_action="flag")
     squeezed = {**GOOD, "LCC": GOOD["RCC"] + np.array([2.0, 0, 0])}
     assert any("RCC-LCC" in f for f in gate(squeezed, TILTED, SPREAD, CONF, cfg).findings)
     axial = gate(GOOD, np.array([0, 0, 1.0]), SPREAD, CONF, cfg)
@@ -42,5 +44,26 @@ def test_each_check_flags() -> None:
 
 
 def test_withhold_action() -> None:
-    r = gate(GOOD, np.array([0, 0, 1.0]), SPREAD, CONF, PlausibilityConfig(action="withhold"))
+    cfg = PlausibilityConfig(confidence_action="withhold")
+    r = gate(GOOD, TILTED, SPREAD, {**CONF, "NCC": 0.1}, cfg)
     assert r.status == "withheld" and len(r.findings) == 1
+
+
+def test_impossible_geometry_is_withheld_by_default_low_confidence_flagged() -> None:
+    cfg = PlausibilityConfig()
+    assert (cfg.geometry_action, cfg.confidence_action) == ("withhold", "flag")
+    squeezed = {**GOOD, "LCC": GOOD["RCC"] + np.array([2.0, 0, 0])}
+    assert gate(squeezed, TILTED, SPREAD, CONF, cfg).status == "withheld"
+    axial = gate(GOOD, np.array([0, 0, 1.0]), SPREAD, CONF, cfg)
+    assert axial.status == "withheld" and axial.findings == (
+        "annulus plane tilt 0.0 deg outside 10-85 deg",
+    )
+    low = gate(GOOD, TILTED, {**SPREAD, "RCC": 9.0}, {**CONF, "LCC": 0.07}, cfg)
+    assert low.status == "flagged" and len(low.findings) == 2
+    both = gate(GOOD, np.array([0, 0, 1.0]), SPREAD, {**CONF, "LCC": 0.07}, cfg)
+    assert both.status == "withheld" and "tilt" in both.findings[0]  # geometry first
+
+
+def test_the_old_single_action_is_refused_with_the_new_names() -> None:
+    with pytest.raises(ValidationError, match="geometry_action"):
+        PlausibilityConfig.model_validate({"action": "flag"})

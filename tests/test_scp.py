@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from ingest_fixtures import Node, dataset_bytes, wait_for, write_series
+from ingest_fixtures import Node, dataset_bytes, self_signed, wait_for, write_series
 
 from dicomnode.db.models import Event, Instance, Job, Series
 from glipcore.dicomwrite import SeriesMeta, write_ct_series
@@ -195,18 +195,8 @@ def test_second_series_of_a_study_is_superseded(node_factory: NodeFactory, tmp_p
     assert [(j.series_fk, j.state) for j in jobs] == [(by_uid[thin_uid].id, "queued")]
 
 
-def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
-    key, crt = tmp_path / "node.key", tmp_path / "node.crt"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(crt)],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    return key, crt
-
-
 def test_tls_echo(node_factory: NodeFactory, tmp_path: Path) -> None:
-    key, crt = _self_signed(tmp_path)
+    key, crt = self_signed(tmp_path)
     node = node_factory(
         network={"tls": {"enabled": True, "cert_file": str(crt), "key_file": str(key)}}
     )

@@ -106,6 +106,10 @@ def test_reprocessing_gives_the_same_uids(
             assert [o["sop_instance_uid"] for o in second.outputs[kind]] == [
                 o["sop_instance_uid"] for o in first[kind]
             ]
+            # The same job encoded again: the same bytes (times come from the job).
+            assert [Path(o["path"]).read_bytes() for o in second.outputs[kind]] == [
+                Path(o["path"]).read_bytes() for o in first[kind]
+            ]
 
 
 def test_missing_archive_files_fail_the_job_for_good(
@@ -168,7 +172,9 @@ def test_withheld_result_is_not_delivered(
 ) -> None:
     files, _ = fast_case
     rig = _queued(
-        rig_factory, files, plausibility={"plane_tilt_deg": [0.0, 1.0], "action": "withhold"}
+        rig_factory,
+        files,
+        plausibility={"plane_tilt_deg": [0.0, 1.0]},  # withheld by default
     )
     outcome = Worker(rig.cfg, rig.engine).process_one()
     assert outcome is not None and outcome.state == "done"

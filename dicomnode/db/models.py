@@ -296,9 +296,14 @@ class DeliveryAttempt(Base):
 
 
 class Annotation(Base):
-    """Reference hinge points of a study (e.g. drawn by a cardiologist), for retraining.
+    """Reference landmarks of a study (e.g. drawn by a cardiologist), for retraining.
 
-    A study with annotations is never purged by retention.
+    ``landmarks_lps``: "RCC", "LCC", "NCC" and, when known, "LCO", "RCO" -> [x, y, z] in
+    patient LPS mm. ``source``: csv, sr-file or sr-received (``manual`` for rows written
+    by hand); ``source_ref`` names the file (and row) or the archived SR; ``source_uid`` is
+    the SR's SOP Instance UID. ``quality``: 1, 2, 3-, 3+, 4 or None. Every version is kept:
+    a new annotation of a study ``supersedes`` the study's newest one, which is the one
+    used. A study with annotations is never purged by retention.
     """
 
     __tablename__ = "annotations"
@@ -310,6 +315,11 @@ class Annotation(Base):
     quality: Mapped[str | None] = mapped_column(String(8))
     source: Mapped[str] = mapped_column(String(64), default="manual")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    annotator: Mapped[str | None] = mapped_column(String(64))
+    annotated_at: Mapped[datetime | None]
+    source_ref: Mapped[str | None] = mapped_column(String(1024))
+    source_uid: Mapped[str | None] = mapped_column(UID, index=True)
+    supersedes_fk: Mapped[int | None] = mapped_column(ForeignKey("annotations.id"), unique=True)
 
 
 class Event(Base):

@@ -31,7 +31,7 @@ from dicomnode.deliver.states import DeliveryState
 from dicomnode.operate.embedded import EmbeddedNode
 from dicomnode.operate.localpacs import dcmtk_tool, start_local_pacs
 from dicomnode.process.jobs import JobState
-from glipcore import phantom
+from glipcore import LANDMARKS, phantom
 from glipcore.dicomwrite import SeriesMeta, write_ct_series
 from glipcore.metrics import euclidean_errors, plane_angle
 
@@ -219,7 +219,7 @@ def run_demo(
                     raise DemoError(f"result {result_id} is no longer in the database")
                 result = {c.name: getattr(row, c.name) for c in Result.__table__.columns}
         progress(f"sent with {sender}; results delivered")
-        names = tuple(result["landmarks_lps"])
+        names = LANDMARKS  # the hinge points (a five-landmark model adds the ostia)
         pred = np.array([result["landmarks_lps"][n] for n in names], dtype=float)
         errors = euclidean_errors(pred, truth.landmarks_lps)
         outputs = result.get("outputs") or {}

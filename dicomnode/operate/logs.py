@@ -12,6 +12,13 @@ Two defences work together in :class:`PhiScrubber`, a filter on the root handler
 
 Libraries that print data sets are kept quiet whatever the level (see
 :data:`ALWAYS_WARNING`).
+
+Sender-controlled text (UIDs, AE titles, descriptions) may hold control bytes: every
+message has its control characters written as backslash escapes (hex, or n, r and t)
+once, so that no peer can forge log lines or drive the terminal; text already
+escaped (e.g. by ``repr``) is left as it is. pydicom reports a problem both through its
+logger and as a Python warning: the warning's copy is dropped
+(:class:`RepeatedWarningFilter`).
 """
 
 from __future__ import annotations
@@ -220,6 +227,39 @@ def scrub(text: str) -> str:
     return _GROUP_0010_JSON.sub(lambda m: f'{m.group(1)}"{REDACTED}"', text)
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def escape_controls(text: str, keep_newlines: bool = False) -> str:
+    r"""``text`` with control characters (C0, DEL, C1) written as ``\xNN`` (newline, return
+    and tab as ``\n``, ``\r``, ``\t``); with ``keep_newlines``, newlines and tabs stay
+    (tracebacks)."""
+
+    def sub(m: re.Match[str]) -> str:
+        c = m.group()
+        if keep_newlines and c in "\n\t":
+            return c
+        return _NAMED.get(c) or f"\\x{ord(c):02x}"
+
+    return _CONTROL.sub(sub, text)
+
+
+def format_traceback(
+    exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None
+) -> str:
+    """The traceback as Python prints it, except that the exception messages (which may
+    carry sender-controlled text) have their line breaks escaped: only the traceback's own
+    structure spans lines."""
+    parts = []
+    for chunk in traceback.format_exception(exc_type, exc, tb):
+        if chunk.startswith(("Traceback", "  File ", "\n")):
+            parts.append(chunk)
+        else:
+            parts.append(escape_controls(chunk.removesuffix("\n")) + "\n")
+    return "".join(parts)
+
+
 class PhiScrubber(logging.Filter):
     """A handler filter that rewrites each record with its PHI redacted.
 
@@ -236,22 +276,42 @@ class PhiScrubber(logging.Filter):
                 message = record.getMessage()
             except (TypeError, ValueError):  # arguments that do not fit the format
                 message = f"{record.msg} [log arguments did not fit the format]"
-            record.msg = scrub(message)
+            record.msg = escape_controls(scrub(message))
             record.args = None
             if record.exc_info and record.exc_info[0] is not None:
-                exc_text = "".join(traceback.format_exception(*record.exc_info)).rstrip("\n")
-                record.exc_text = scrub(exc_text)
+                exc_text = format_traceback(*record.exc_info).rstrip("\n")
+                record.exc_text = escape_controls(scrub(exc_text), keep_newlines=True)
                 record.exc_info = None
             elif record.exc_text:
-                record.exc_text = scrub(record.exc_text)
+                record.exc_text = escape_controls(scrub(record.exc_text), keep_newlines=True)
             if record.stack_info:
-                record.stack_info = scrub(record.stack_info)
+                record.stack_info = escape_controls(scrub(record.stack_info), keep_newlines=True)
         except Exception as exc:  # never let a log call fail, never let text through
             record.msg = f"[log message withheld: PHI scrubbing failed ({type(exc).__name__})]"
             record.args = None
             record.exc_info = None
             record.exc_text = None
             record.stack_info = None
+        return True
+
+
+class RepeatedWarningFilter(logging.Filter):
+    """Drops the ``py.warnings`` copy of a message pydicom has just logged itself
+    (pydicom's ``warn_and_log`` does both), so that each problem is logged once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._last = threading.local()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "pydicom" or record.name.startswith("pydicom."):
+            self._last.message = record.getMessage()
+            return True
+        if record.name == "py.warnings":
+            last: str | None = getattr(self._last, "message", None)
+            self._last.message = None
+            if last and last in record.getMessage():
+                return False
         return True
 
 
@@ -310,6 +370,7 @@ def setup_logging(cfg: LoggingConfig, stream: Any = None) -> logging.Handler:
     handler."""
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(_formatter(cfg.format))
+    handler.addFilter(RepeatedWarningFilter())  # before the scrubber: it compares raw text
     handler.addFilter(PhiScrubber())
     root = logging.getLogger()
     for old in list(root.handlers):

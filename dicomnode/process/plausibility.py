@@ -1,7 +1,14 @@
 """Plausibility gate: anatomical and model-agreement checks on a prediction.
 
-Each failed check is a readable finding; a result with findings is "flagged" (delivered
-with a visible warning) or "withheld" (not delivered), as configured.
+Each failed check is a readable finding. Findings are of two kinds with their own action
+(``flag``: delivered with a visible warning; ``withhold``: not delivered):
+
+- geometry: an inter-hinge distance or the annulus plane tilt outside its range, i.e. a
+  result that cannot be right (``geometry_action``, by default withhold);
+- confidence: the fold models disagree or a landmark's confidence is low, i.e. a result
+  that may be right (``confidence_action``, by default flag).
+
+The result is withheld when any finding's action says so.
 """
 
 from __future__ import annotations
@@ -22,14 +29,10 @@ class GateResult:
     findings: tuple[str, ...]
 
 
-def findings(
-    landmarks: Mapping[str, FloatArray],
-    normal: FloatArray,
-    fold_spread_mm: Mapping[str, float],
-    confidence: Mapping[str, float],
-    cfg: PlausibilityConfig,
+def geometry_findings(
+    landmarks: Mapping[str, FloatArray], normal: FloatArray, cfg: PlausibilityConfig
 ) -> list[str]:
-    """Every check the prediction fails, as sentences."""
+    """Inter-hinge distances and plane tilt outside their ranges, as sentences."""
     out: list[str] = []
     lo, hi = cfg.hinge_distance_mm
     for pair, d in hinge_distances_mm(landmarks).items():
@@ -39,6 +42,14 @@ def findings(
     lo, hi = cfg.plane_tilt_deg
     if not lo <= tilt <= hi:
         out.append(f"annulus plane tilt {tilt:.1f} deg outside {lo:g}-{hi:g} deg")
+    return out
+
+
+def confidence_findings(
+    fold_spread_mm: Mapping[str, float], confidence: Mapping[str, float], cfg: PlausibilityConfig
+) -> list[str]:
+    """Fold disagreement and low confidence past their limits, as sentences."""
+    out: list[str] = []
     for name, spread in fold_spread_mm.items():
         if spread > cfg.max_fold_spread_mm:
             out.append(
@@ -58,8 +69,13 @@ def gate(
     confidence: Mapping[str, float],
     cfg: PlausibilityConfig,
 ) -> GateResult:
-    """ok when every check passes, else the configured action (flagged or withheld)."""
-    found = findings(landmarks, normal, fold_spread_mm, confidence, cfg)
-    if not found:
+    """ok when every check passes; withheld when a failed kind's action is withhold; else
+    flagged."""
+    geometry = geometry_findings(landmarks, normal, cfg)
+    doubt = confidence_findings(fold_spread_mm, confidence, cfg)
+    if not geometry and not doubt:
         return GateResult("ok", ())
-    return GateResult("flagged" if cfg.action == "flag" else "withheld", tuple(found))
+    withhold = (geometry and cfg.geometry_action == "withhold") or (
+        doubt and cfg.confidence_action == "withhold"
+    )
+    return GateResult("withheld" if withhold else "flagged", tuple(geometry + doubt))

@@ -9,6 +9,7 @@ a fenced-out worker's files are never referenced by a result or a delivery.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
@@ -40,7 +41,9 @@ from dicomnode.process.jobs import (
     finish_job,
     requeue_attempt,
 )
+from dicomnode.process.lineage import job_created_at, prior_result
 from dicomnode.process.series import SeriesLoadError, job_files, volume_of_files
+from glipcore import LANDMARKS
 from glipcore.predict import Prediction, Predictor
 from glipcore.volume import Volume
 
@@ -238,13 +241,14 @@ class Worker:
         pred: Prediction,
         verdict: plausibility.GateResult,
     ) -> WrittenOutputs:
-        from dicomnode.process.outputs import OutputContext, build_all
+        from dicomnode.process.outputs import OutputContext, build_all, output_recipe, report_uid
 
         bundle = self._model().bundle
+        cfg = self.cfg
         ctx = OutputContext(
             source=headers,
             volume=volume,
-            landmarks_lps=dict(zip(pred.names, pred.landmarks_lps, strict=True)),
+            landmarks_lps=pred.points_by_name(LANDMARKS),  # the hinge points, by name
             plane_origin=pred.plane.origin,
             plane_normal=pred.plane.normal,
             confidence={n: c.score for n, c in zip(pred.names, pred.confidence, strict=True)},
@@ -253,7 +257,12 @@ class Worker:
             trained_on_phantom=bundle.phantom_trained,
             warnings=list(verdict.findings),
             identity=self.cfg.identity,
+            recipe=output_recipe(cfg.outputs, cfg.plausibility, cfg.identity),
+            content_time=job_created_at(self.engine, claim.job_id),
         )
+        prior = prior_result(self.engine, claim.series_fk, report_uid(ctx.key))
+        if prior is not None:
+            ctx = dataclasses.replace(ctx, prior=prior)
         oc = self.cfg.outputs
         objects = build_all(
             ctx,

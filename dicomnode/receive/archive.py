@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import IO, Literal
 
 from dicomnode.config import ArchiveConfig
 
@@ -25,6 +25,19 @@ _SAFE_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 INCOMING = ".incoming"
 
 Buffer = bytes | bytearray | memoryview
+Chunk = Buffer | IO[bytes]
+"""A piece of a file to write: bytes, or a binary stream read from its position to its end."""
+_COPY_BLOCK = 1 << 20
+
+
+def chunk_size(chunk: Chunk) -> int:
+    """The bytes ``chunk`` holds (for a stream: from its position to its end)."""
+    if isinstance(chunk, bytes | bytearray | memoryview):
+        return memoryview(chunk).nbytes
+    here = chunk.tell()
+    end = chunk.seek(0, os.SEEK_END)
+    chunk.seek(here)
+    return end - here
 
 
 class ArchiveError(OSError):
@@ -106,7 +119,7 @@ class Archive:
                 n += 1
         return n
 
-    def write_temp(self, chunks: Iterable[Buffer]) -> tuple[Path, int]:
+    def write_temp(self, chunks: Iterable[Chunk]) -> tuple[Path, int]:
         """Write ``chunks`` to a new temporary file in the archive (fsynced when configured);
         returns its path and size."""
         with self._dir_lock:
@@ -117,11 +130,7 @@ class Archive:
         size = 0
         try:
             for chunk in chunks:
-                view = memoryview(chunk)
-                size += len(view)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
+                size += _write_all(fd, chunk)
             if self.fsync:
                 os.fdatasync(fd)
         except BaseException:
@@ -196,3 +205,18 @@ class Archive:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _write_all(fd: int, chunk: Chunk) -> int:
+    """Write ``chunk`` (a stream: block by block) to ``fd``; the bytes written."""
+    if not isinstance(chunk, bytes | bytearray | memoryview):
+        n = 0
+        while block := chunk.read(_COPY_BLOCK):
+            n += _write_all(fd, block)
+        return n
+    view = memoryview(chunk)
+    n = len(view)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+    return n

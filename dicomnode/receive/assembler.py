@@ -9,7 +9,11 @@ was complete). One periodic sweep (APScheduler 3 ``BackgroundScheduler``) then
 1. holds the queued jobs of series that are receiving again (late instances);
 2. completes series quiet for ``quiet_time_s`` (or past ``forced_deadline_s`` since the
    first instance of the current burst); all state is in the database, so a restart in
-   the middle of a quiet time still completes the series;
+   the middle of a quiet time still completes the series. Time the node was down does
+   not count: no series completes before ``quiet_time_s`` after the assembler started,
+   so a series still receiving when the node stopped gets a fresh quiet period, measured
+   from the later of its last instance and the start, and a sender that resumes after
+   the restart is not cut off;
 3. decides each study whose series are all complete: every newly complete series is
    evaluated against the selection rules; of the study's eligible series the best is
    ``selected`` (a queued job), the others are ``superseded by series X``.
@@ -31,7 +35,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
-from sqlalchemy import Engine, or_, select, update
+from sqlalchemy import Engine, and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from dicomnode.config import NodeConfig
@@ -62,11 +66,16 @@ def _count(s: Session, stmt: Any) -> int:
 class Assembler:
     """The completeness sweep and study decisions. ``start()`` schedules :meth:`sweep`."""
 
-    def __init__(self, cfg: NodeConfig, engine: Engine) -> None:
+    def __init__(
+        self, cfg: NodeConfig, engine: Engine, *, started_at: datetime | None = None
+    ) -> None:
         self.cfg = cfg
         self.engine = engine
         self.sessions = session_factory(engine)
         self._scheduler: BackgroundScheduler | None = None
+        self.started_at = started_at or utcnow()
+        """When the node started receiving (reset by :meth:`start`): no series received
+        before it completes sooner than ``quiet_time_s`` after it."""
 
     # --- scheduling -------------------------------------------------------------
 
@@ -74,6 +83,7 @@ class Assembler:
         """Run :meth:`sweep` every ``assembler.sweep_interval_s`` in a background thread."""
         if self._scheduler is not None:
             raise RuntimeError("the assembler is already started")
+        self.started_at = utcnow()
         sched = BackgroundScheduler(timezone="UTC")
         sched.add_job(
             self._sweep_logged,
@@ -112,7 +122,8 @@ class Assembler:
         """One pass: hold, complete, decide."""
         now = now or utcnow()
         self._hold_jobs_of_receiving_series(now)
-        self._complete_quiet_series(now)
+        completed = self._complete_quiet_series(now)
+        self._import_annotations(completed)
         with self.sessions() as s:
             studies = s.scalars(
                 select(Series.study_fk)
@@ -131,11 +142,34 @@ class Assembler:
             ).all():
                 hold_job(s, job_id, now)
 
-    def _complete_quiet_series(self, now: datetime) -> None:
+    def _import_annotations(self, series_ids: list[int]) -> None:
+        """SR series just completed may be hinge-point corrections sent back from a viewer:
+        import them as annotations (refusals are events; a failure never stops the sweep)."""
+        from dicomnode.learn.annotations import import_received_series
+
+        with self.sessions() as s:
+            srs = s.scalars(
+                select(Series.id).where(Series.id.in_(series_ids), Series.modality == "SR")
+            ).all()
+        for sid in srs:
+            try:
+                import_received_series(self.engine, self.cfg.archive_dir, sid)
+            except Exception:
+                log.exception("series %d: importing its SR as an annotation failed", sid)
+
+    def _complete_quiet_series(self, now: datetime) -> list[int]:
+        """Complete the series that are due; returns their ids."""
         a = self.cfg.assembler
         quiet_cut = now - timedelta(seconds=a.quiet_time_s)
         forced_cut = now - timedelta(seconds=a.forced_deadline_s)
         due = or_(Series.last_received_at <= quiet_cut, Series.burst_started_at <= forced_cut)
+        if self.started_at > quiet_cut:
+            # the fresh quiet period after the start: only series receiving since the
+            # start may be cut off (forced); the others wait for quiet or their sender
+            due = and_(
+                Series.burst_started_at <= forced_cut, Series.last_received_at >= self.started_at
+            )
+        completed: list[int] = []
         with self.sessions() as s, s.begin():
             rows = s.execute(
                 select(
@@ -160,6 +194,8 @@ class Assembler:
                     detail = f"complete ({how}), {count} instances"
                     add_event(s, "series_complete", detail, study=study_id, series=sid, at=now)
                     log.info("series %d %s", sid, detail)
+                    completed.append(sid)
+        return completed
 
     def _instances(self, s: Session, series_id: int) -> list[InstanceInfo]:
         rows = s.execute(

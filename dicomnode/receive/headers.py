@@ -6,8 +6,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from io import BytesIO
-from typing import Any, BinaryIO
+from typing import IO, Any, BinaryIO, cast
 
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
@@ -19,6 +18,7 @@ from pydicom.uid import (
 )
 
 from dicomnode.operate.logs import register_phi
+from dicomnode.receive.spool import SpoolLimits, inflate_capped
 
 _TOP_TAGS: list[BaseTag | int] = [
     Tag(t)
@@ -58,6 +58,9 @@ _TOP_TAGS: list[BaseTag | int] = [
         0x52009230,  # PerFrameFunctionalGroupsSequence
     )
 ]
+
+
+_DEFER_BYTES = 1 << 20  # larger values are skipped, not read: the header needs none of them
 
 
 class HeaderError(ValueError):
@@ -304,22 +307,28 @@ def _stop_at_pixels(tag: BaseTag, vr: str | None, length: int) -> bool:
     return bool(tag >= 0x7FE00008)
 
 
-def read_header(raw: BinaryIO, transfer_syntax: str) -> HeaderFacts:
+def read_header(raw: IO[bytes], transfer_syntax: str, limits: SpoolLimits) -> HeaderFacts:
     """Header facts from a raw encoded data set (no file meta) in ``transfer_syntax``.
 
-    Reads only the needed attributes and stops before the pixel data.
+    Reads only the needed attributes and stops before the pixel data. A deflated data
+    set is inflated as a stream within ``limits`` (:class:`OversizeError` past
+    ``limits.max_bytes``); a broken deflate stream is a :class:`HeaderError`.
     """
-    fp: BinaryIO = raw
+    fp: IO[bytes] = raw
     fp.seek(0)
     if transfer_syntax == DeflatedExplicitVRLittleEndian:
-        fp = BytesIO(zlib.decompress(fp.read(), -zlib.MAX_WBITS))
+        try:
+            fp = inflate_capped(raw, limits)
+        except (zlib.error, ValueError) as exc:
+            raise HeaderError(f"broken deflate stream: {exc}") from exc
     try:
         ds = read_dataset(
-            fp,
+            cast(BinaryIO, fp),
             is_implicit_VR=transfer_syntax == ImplicitVRLittleEndian,
             is_little_endian=transfer_syntax != ExplicitVRBigEndian,
             stop_when=_stop_at_pixels,
             specific_tags=_TOP_TAGS,
+            defer_size=_DEFER_BYTES,
         )
         return facts_from_dataset(ds)
     except HeaderError:
@@ -327,6 +336,8 @@ def read_header(raw: BinaryIO, transfer_syntax: str) -> HeaderFacts:
     except Exception as exc:
         raise HeaderError(f"cannot read the data set header: {exc}") from exc
     finally:
+        if fp is not raw:
+            fp.close()
         raw.seek(0)
 
 

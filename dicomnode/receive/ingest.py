@@ -18,7 +18,7 @@ from sqlalchemy import Connection, Engine, Select, bindparam, case, select, upda
 from sqlalchemy.dialects import postgresql, sqlite
 
 from dicomnode.db.models import Instance, Patient, Series, Study, UtcDateTime, utcnow
-from dicomnode.receive.archive import Archive, Buffer
+from dicomnode.receive.archive import Archive, Chunk, chunk_size
 from dicomnode.receive.headers import HeaderFacts
 
 Outcome = Literal["stored", "replaced", "duplicate"]
@@ -84,7 +84,7 @@ class IngestStore:
     def store(
         self,
         facts: HeaderFacts,
-        chunks: Sequence[Buffer],
+        chunks: Sequence[Chunk],
         transfer_syntax: str,
         association_id: int | None = None,
     ) -> Outcome:
@@ -112,11 +112,11 @@ class IngestStore:
         row = conn.execute(self._find, {"b_uid": sop_uid}).first()
         return (row[0], row[1]) if row else None
 
-    def _place_new(self, chunks: Sequence[Buffer], rel: str) -> bool:
+    def _place_new(self, chunks: Sequence[Chunk], rel: str) -> bool:
         tmp, _ = self.archive.write_temp(chunks)
         return self.archive.commit_new(tmp, rel)
 
-    def _place_replace(self, chunks: Sequence[Buffer], rel: str) -> bool:
+    def _place_replace(self, chunks: Sequence[Chunk], rel: str) -> bool:
         tmp, _ = self.archive.write_temp(chunks)
         self.archive.commit_replace(tmp, rel)
         return True
@@ -135,7 +135,7 @@ class IngestStore:
         return "stored" if inserted else "duplicate"
 
     def _store_first(
-        self, facts: HeaderFacts, chunks: Sequence[Buffer], rel: str, extra: dict[str, Any]
+        self, facts: HeaderFacts, chunks: Sequence[Chunk], rel: str, extra: dict[str, Any]
     ) -> Outcome:
         def record(
             conn: Connection, values: dict[str, Any], series_id: int, now: datetime
@@ -151,7 +151,7 @@ class IngestStore:
         return "stored" if inserted else "duplicate"
 
     def _store_newest(
-        self, facts: HeaderFacts, chunks: Sequence[Buffer], rel: str, extra: dict[str, Any]
+        self, facts: HeaderFacts, chunks: Sequence[Chunk], rel: str, extra: dict[str, Any]
     ) -> Outcome:
         def record(
             conn: Connection, values: dict[str, Any], series_id: int, now: datetime
@@ -176,10 +176,10 @@ class IngestStore:
 
     def _write_and_record(
         self,
-        place: Callable[[Sequence[Buffer], str], bool],
+        place: Callable[[Sequence[Chunk], str], bool],
         record: Callable[[Connection, dict[str, Any], int, datetime], _R],
         facts: HeaderFacts,
-        chunks: Sequence[Buffer],
+        chunks: Sequence[Chunk],
         rel: str,
         extra: dict[str, Any],
     ) -> tuple[bool, _R]:
@@ -187,7 +187,7 @@ class IngestStore:
         (given the instance row's values, the series id and the time) in one transaction,
         which commits only once the file is durable. Returns ``place``'s and ``record``'s
         results."""
-        size = sum(memoryview(c).nbytes for c in chunks)
+        size = sum(chunk_size(c) for c in chunks)
         fut = self._pool.submit(place, chunks, rel)
         now = utcnow()
         try:

@@ -12,7 +12,15 @@ thread sleeps 1 ms on every loop, so each C-STORE round trip waits for several s
   encoded directly (stock builds and encodes it through pydicom data sets);
 * TCP_NODELAY is set on accepted connections, TCP_QUICKACK after every read;
 * the calling AE title and peer address are checked against the node's allow-list during
-  negotiation (A-ASSOCIATE-RJ, "calling AE title not recognised").
+  negotiation (A-ASSOCIATE-RJ, "calling AE title not recognised"); every refusal (called
+  AE title, allow-list, association limit) is logged with its reason;
+* storage SOP classes the peer proposes are accepted as ``accept_class`` says (standard,
+  private and unknown ones too), not only the listed supported contexts;
+* data sets are received into a :class:`dicomnode.receive.spool.SpoolBuffer` (memory up
+  to a threshold, then a temporary file, nothing past the maximum instance size), and a
+  PDU longer than the configured limit closes the connection before it is read;
+* connections are admitted by :mod:`dicomnode.receive.connections` (per-host limit,
+  deadline for the association request, TLS handshake off the accept loop).
 
 The reactor loops below follow pynetdicom 3.0's ``DULServiceProvider.run_reactor`` and
 ``Association._run_reactor`` (MIT licence) with only the waiting changed.
@@ -42,6 +50,7 @@ import struct
 import time
 from collections.abc import Callable
 from copy import deepcopy
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
@@ -50,11 +59,24 @@ from pynetdicom import evt
 from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.acse import ACSE
 from pynetdicom.association import Association
+from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dimse_messages import DIMSEMessage
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import P_DATA
+from pynetdicom.presentation import PresentationContext
+from pynetdicom.service_class import ServiceClass, StorageServiceClass
+from pynetdicom.sop_class import uid_to_service_class
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
+
+from dicomnode.receive.connections import (
+    HostSlots,
+    close_quietly,
+    tls_handshake,
+    wait_for_request,
+)
+from dicomnode.receive.spool import SpoolBuffer, SpoolLimits
 
 LOGGER = logging.getLogger("dicomnode.receive.netfast")
 
@@ -84,8 +106,23 @@ check_pynetdicom_version(pynetdicom.__version__)
 Admit = Callable[[str, str], str | None]
 """(calling AE title, peer address) -> None to admit, or the reason for refusing."""
 
-StoreHandler = Callable[[Association, C_STORE, str], int]
-"""(association, C-STORE request, transfer syntax UID) -> DIMSE status."""
+StoreHandler = Callable[[Association, C_STORE, str, str], int]
+"""(association, C-STORE request, transfer syntax UID, the context's SOP class UID) ->
+DIMSE status."""
+
+AcceptClass = Callable[[str], bool]
+"""SOP class UID -> whether storage of it is accepted (beyond the supported contexts)."""
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """What one peer may cost the server before and during an association."""
+
+    request_timeout_s: float = 5.0
+    max_connections_per_host: int = 16
+    max_pdu_read: int = 1 << 30
+    spool: SpoolLimits = field(default_factory=lambda: SpoolLimits(1 << 30, 16 << 20))
+
 
 _IDLE_WAIT_S = 0.05  # upper bound of one idle wait: timers and kill flags are seen this fast
 
@@ -121,7 +158,12 @@ class FastSocket(AssociationSocket):
     sticky, hence per read).
     """
 
+    max_read: int = 1 << 30
+    """The longest read (PDU) accepted; a longer one closes the connection unread."""
+
     def recv(self, nr_bytes: int) -> bytearray:
+        if nr_bytes > self.max_read:
+            raise OSError(f"a PDU of {nr_bytes} bytes exceeds the limit of {self.max_read}")
         sock = cast(socket.socket, self.socket)
         buf = bytearray(nr_bytes)
         got = 0
@@ -228,41 +270,117 @@ class FastDUL(DULServiceProvider):
 
 
 class NodeACSE(ACSE):
-    """ACSE that applies the node's allow-list before pynetdicom's own checks."""
+    """ACSE that applies the node's checks (called AE title, allow-list, association
+    limit: each refusal logged with its reason) and storage-class policy before
+    pynetdicom's own negotiation."""
 
     def _negotiate_as_acceptor(self) -> None:
         rq = self.requestor.primitive
         calling = str(rq.calling_ae_title if rq is not None else "").strip()
-        peer = self.assoc.requestor.address
+        called = str(rq.called_ae_title if rq is not None else "").strip()
         server = getattr(self.assoc, "_server", None)
-        admit: Admit | None = getattr(server, "admit", None)
-        reason = admit(calling, peer) if admit is not None else None
-        if reason is not None:
+        refusal = self._refusal(calling, called, server)
+        if refusal is not None:
+            reason, rsd = refusal
             self.requestor.ae_title = calling
             cast(NodeAssociation, self.assoc).reject_reason = reason
-            LOGGER.warning("association from %s@%s refused: %s", calling, peer, reason)
-            self.send_reject(0x01, 0x01, 0x03)  # permanent, service user, calling AE unknown
+            LOGGER.warning(
+                "association from %s@%s refused: %s", calling, self.assoc.requestor.address, reason
+            )
+            self.send_reject(*rsd)
             evt.trigger(self.assoc, evt.EVT_REJECTED, {})
             self.assoc.kill()
             return
+        accept_class: AcceptClass | None = getattr(server, "accept_class", None)
+        if accept_class is not None and rq is not None:
+            self._support_proposed(rq.presentation_context_definition_list, accept_class)
         super()._negotiate_as_acceptor()
+
+    def _refusal(
+        self, calling: str, called: str, server: Any
+    ) -> tuple[str, tuple[int, int, int]] | None:
+        """(reason, A-ASSOCIATE-RJ result/source/diagnostic) when the request is refused."""
+        ours = str(self.acceptor.ae_title or "").strip()
+        if self.assoc.ae.require_called_aet and called != ours:
+            return f"called AE title {called!r} is not this node's ({ours})", (1, 1, 7)
+        admit: Admit | None = getattr(server, "admit", None)
+        reason = admit(calling, self.assoc.requestor.address) if admit is not None else None
+        if reason is not None:
+            return reason, (1, 1, 3)  # permanent, service user, calling AE not recognised
+        limit = self.assoc.ae.maximum_associations
+        if sum(1 for a in self.assoc.ae.active_associations if a.is_acceptor) > limit:
+            return f"association limit reached (network.max_associations = {limit})", (2, 3, 2)
+        return None
+
+    def _support_proposed(self, proposed: list[Any], accept_class: AcceptClass) -> None:
+        """Add a supported context (the supported transfer syntaxes) for each proposed
+        abstract syntax that is not supported yet and that ``accept_class`` accepts."""
+        supported = self.acceptor.supported_contexts
+        known = {str(cx.abstract_syntax) for cx in supported}
+        syntaxes = list(getattr(self.assoc._server, "transfer_syntaxes", []))
+        extra: list[PresentationContext] = []
+        for rq_cx in proposed:
+            uid = str(rq_cx.abstract_syntax)
+            if uid in known or not syntaxes or not accept_class(uid):
+                continue
+            known.add(uid)
+            cx = PresentationContext()
+            cx.abstract_syntax = uid
+            cx.transfer_syntax = syntaxes
+            extra.append(cx)
+        if extra:
+            self.acceptor.supported_contexts = supported + extra
+
+
+class SpoolingDIMSE(DIMSEServiceProvider):
+    """DIMSE provider that receives each data set into a :class:`SpoolBuffer`."""
+
+    def __init__(self, assoc: Association, limits: SpoolLimits) -> None:
+        super().__init__(assoc)
+        self.limits = limits
+
+    def receive_primitive(self, primitive: P_DATA) -> None:
+        if self.message is None:
+            self.message = DIMSEMessage()
+            self.message.data_set = SpoolBuffer(self.limits)
+        super().receive_primitive(primitive)
 
 
 class NodeAssociation(Association):
-    """pynetdicom's acceptor association with the node's allow-list."""
+    """pynetdicom's acceptor association with the node's checks, storage-class policy
+    and bounded data set buffers."""
 
     reject_reason: str | None = None
 
-    def __init__(self, ae: Any, mode: str) -> None:
+    def __init__(self, ae: Any, mode: str, limits: SpoolLimits) -> None:
         super().__init__(ae, mode)
         self.acse = NodeACSE(self)
+        self.dimse = SpoolingDIMSE(self, limits)
+
+    def _serve_request(self, msg: Any, context_id: int) -> None:
+        """C-STORE of a class pynetdicom has no service for (private, vendor) through its
+        storage service all the same; everything else as pynetdicom does."""
+        context = self._accepted_cx.get(context_id)
+        if (
+            isinstance(msg, C_STORE)
+            and context is not None
+            and not self._sent_release
+            and msg.is_valid_request
+            and uid_to_service_class(str(msg.AffectedSOPClassUID)) is ServiceClass
+        ):
+            self.dimse.cancel_req = {}
+            self._is_paused = True
+            StorageServiceClass(self).SCP(msg, context)
+            self._is_paused = False
+            return
+        super()._serve_request(msg, context_id)
 
 
 class FastAssociation(NodeAssociation):
     """Acceptor association with the event-driven DUL and a blocking reactor."""
 
-    def __init__(self, ae: Any, mode: str) -> None:
-        super().__init__(ae, mode)
+    def __init__(self, ae: Any, mode: str, limits: SpoolLimits) -> None:
+        super().__init__(ae, mode, limits)
         self.dul = FastDUL(self)
         # pynetdicom pushes the timeouts into the DUL when they are set: set them again.
         self.acse_timeout = self.ae.acse_timeout
@@ -285,7 +403,9 @@ class FastAssociation(NodeAssociation):
             super()._serve_request(msg, context_id)
             return
         try:
-            status = handler(self, msg, str(context.transfer_syntax[0]))
+            status = handler(
+                self, msg, str(context.transfer_syntax[0]), str(context.abstract_syntax)
+            )
         except Exception:
             LOGGER.exception("exception in the C-STORE handler")
             status = 0xC211
@@ -345,20 +465,50 @@ class FastAssociation(NodeAssociation):
 
 
 class NodeRequestHandler(RequestHandler):
-    """Creates :class:`FastAssociation` acceptors, or :class:`NodeAssociation` ones with
-    pynetdicom's socket when the server is not ``fast`` (pynetdicom's handler otherwise)."""
+    """Admits a connection (association request in time, TLS handshake), then creates a
+    :class:`FastAssociation` acceptor, or a :class:`NodeAssociation` one with pynetdicom's
+    socket when the server is not ``fast``, and waits for its end."""
+
+    def handle(self) -> None:
+        server = cast(NodeServer, self.server)
+        sock = cast(socket.socket, self.request)
+        peer = str(self.client_address[0])
+        deadline = time.monotonic() + server.limits.request_timeout_s
+        if server.ssl_context is not None:
+            tls = tls_handshake(sock, server.ssl_context, deadline)
+            if tls is None:
+                return
+            self.request = sock = tls
+        if not wait_for_request(sock, deadline):
+            LOGGER.info(
+                "connection from %s closed: no association request within %g s",
+                peer,
+                server.limits.request_timeout_s,
+            )
+            close_quietly(sock)
+            return
+        assoc = self._create_association()
+        evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
+        assoc.start()
+        assoc.join()  # the connection counts against its host until the association ends
 
     def _create_association(self) -> Association:
         request = cast(socket.socket, self.request)
-        fast = cast(NodeServer, self.server).fast
+        server = cast(NodeServer, self.server)
+        fast = server.fast
         if fast:
             with contextlib.suppress(OSError):
                 request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        assoc = (FastAssociation if fast else NodeAssociation)(self.ae, MODE_ACCEPTOR)
+        cls = FastAssociation if fast else NodeAssociation
+        assoc = cls(self.ae, MODE_ACCEPTOR, server.limits.spool)
         assoc._server = self.server
         assoc.name = f"AcceptorThread@{datetime.now():%Y%m%d%H%M%S}"
-        sock_cls = FastSocket if fast else AssociationSocket
-        assoc.set_socket(sock_cls(assoc, client_socket=request))
+        if fast:
+            fast_sock = FastSocket(assoc, client_socket=request)
+            fast_sock.max_read = server.limits.max_pdu_read
+            assoc.set_socket(fast_sock)
+        else:
+            assoc.set_socket(AssociationSocket(assoc, client_socket=request))
         assoc.acceptor.maximum_length = self.ae.maximum_pdu_size
         assoc.acceptor.ae_title = self.server.ae_title
         assoc.acceptor.address_info = self.local
@@ -376,7 +526,9 @@ class NodeRequestHandler(RequestHandler):
 
 
 class NodeServer(ThreadedAssociationServer):
-    """Threaded association server using :class:`NodeRequestHandler` and an allow-list.
+    """Threaded association server using :class:`NodeRequestHandler`, an allow-list, a
+    storage-class policy (``accept_class``, with ``transfer_syntaxes`` for the contexts it
+    adds) and :class:`ServerLimits`.
 
     ``fast=False``: pynetdicom's own association reactor, DUL, socket reads and C-STORE
     path (``store_handler`` is then not used: bind EVT_C_STORE), for comparison.
@@ -396,10 +548,17 @@ class NodeServer(ThreadedAssociationServer):
         admit: Admit | None = None,
         store_handler: StoreHandler | None = None,
         fast: bool = True,
+        limits: ServerLimits | None = None,
+        accept_class: AcceptClass | None = None,
+        transfer_syntaxes: list[str] | None = None,
     ) -> None:
         self.admit = admit
         self.store_handler = store_handler
         self.fast = fast
+        self.limits = limits or ServerLimits()
+        self.accept_class = accept_class
+        self.transfer_syntaxes = transfer_syntaxes or []
+        self.slots = HostSlots(self.limits.max_connections_per_host)
         super().__init__(
             ae,
             address,
@@ -409,6 +568,37 @@ class NodeServer(ThreadedAssociationServer):
             evt_handlers=evt_handlers,
             request_handler=NodeRequestHandler,
         )
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        """Accept only: the TLS handshake runs in the connection's thread
+        (:meth:`NodeRequestHandler.handle`), so a silent client cannot block accepting."""
+        listener = cast(socket.socket, self.socket)
+        client, address = listener.accept()
+        return client, address
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Start the connection's thread unless its host is at its connection limit."""
+        host = str(client_address[0])
+        if not self.slots.take(host):
+            LOGGER.warning(
+                "connection from %s closed: %d connections open from that host "
+                "(network.max_connections_per_host)",
+                host,
+                self.slots.per_host,
+            )
+            close_quietly(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.give(host)
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.give(str(client_address[0]))
 
     def attach(self) -> None:
         """Register with the AE, so that ``ae.shutdown()`` also stops this server."""

@@ -6,6 +6,16 @@ database needs from the raw encoded data set, writes preamble + file meta + the 
 bytes exactly as received to the archive (fsync, atomic rename), records the instance,
 and only then answers Success.
 
+What a peer can cost is bounded by the network section: a data set is held in memory up
+to ``spool_above`` and then in a temporary file, one larger than ``max_instance_size``
+(as received or once inflated: deflate bombs are inflated as a stream and stopped) is
+refused with 0xA700, a broken deflate stream is an undecodable data set (0xC000), and a
+data set whose SOP class is not its presentation context's gets 0xA900; the association
+goes on in each case. Which storage classes are accepted is ``storage_classes``
+(:mod:`dicomnode.receive.storage_policy`); silent connections and per-host limits are
+:mod:`dicomnode.receive.connections`. At start, audit rows left open by a node that was
+killed are closed as ``interrupted`` with the counts of their instance rows.
+
 Associations run on :mod:`dicomnode.receive.netfast`'s event-driven acceptor. With the
 environment variable ``DICOMNODE_ACCEPTOR=stock`` (read at ``start()``) they run on
 pynetdicom's own acceptor instead, allow-list kept: slower, for comparison (bench.ingest)
@@ -30,22 +40,24 @@ from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
-from sqlalchemy import Engine, Insert, insert, update
+from sqlalchemy import Engine, Insert, func, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from dicomnode.config import NodeConfig
-from dicomnode.db.models import AssociationAudit, utcnow
+from dicomnode.db.models import AssociationAudit, Instance, utcnow
 from dicomnode.operate import metrics
 from dicomnode.receive.archive import Archive
 from dicomnode.receive.filemeta import file_header
 from dicomnode.receive.headers import HeaderError, read_header
 from dicomnode.receive.ingest import IngestStore
-from dicomnode.receive.netfast import NodeServer
+from dicomnode.receive.netfast import NodeServer, ServerLimits
 from dicomnode.receive.series_facts import (
     ARCHIVE_ONLY_CLASSES,
     PROCESSED_CLASSES,
     TRANSFER_SYNTAXES,
 )
+from dicomnode.receive.spool import OversizeError, SpoolBuffer, SpoolLimits, as_spool
+from dicomnode.receive.storage_policy import accepts_storage_class
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +144,50 @@ def build_ssl_context(cfg: NodeConfig) -> ssl.SSLContext | None:
     return ctx
 
 
+def close_interrupted_audits(engine: Engine) -> int:
+    """Close the audit rows left ``open`` by a node that stopped without ending its
+    associations (SIGKILL, power loss) as ``interrupted``, with the counts of the instance
+    rows they recorded; how many rows were closed. Run before the SCP listens (one SCP
+    per database)."""
+    closed = 0
+    with engine.begin() as conn:
+        rows = conn.execute(
+            select(AssociationAudit.id, AssociationAudit.started_at).where(
+                AssociationAudit.outcome == "open"
+            )
+        ).all()
+        for audit_id, started_at in rows:
+            stored, nbytes, last = conn.execute(
+                select(
+                    func.count(Instance.id),
+                    func.coalesce(func.sum(Instance.size_bytes), 0),
+                    func.max(Instance.received_at),
+                ).where(Instance.association_fk == audit_id)
+            ).one()
+            ended = last or started_at
+            reason = (
+                f"interrupted: the node stopped during the association; {stored} instances "
+                "had been stored (counts from the instance rows; failed or unanswered "
+                "requests are unknown)"
+            )
+            conn.execute(
+                update(AssociationAudit)
+                .where(AssociationAudit.id == audit_id, AssociationAudit.outcome == "open")
+                .values(
+                    outcome="interrupted",
+                    reason=reason,
+                    ended_at=ended,
+                    duration_s=max((ended - started_at).total_seconds(), 0.0),
+                    requests=stored,
+                    stored=stored,
+                    bytes_received=int(nbytes),
+                )
+            )
+            log.warning("association audit row %d closed: %s", audit_id, reason)
+            closed += 1
+    return closed
+
+
 def fast_acceptor() -> bool:
     """Whether to use netfast's acceptor (``DICOMNODE_ACCEPTOR`` unset or ``netfast``)."""
     choice = os.environ.get(ACCEPTOR_ENV, "netfast").strip().lower() or "netfast"
@@ -147,6 +203,12 @@ class StorageSCP:
         self.cfg = cfg
         self.engine = engine
         self.archive = archive or Archive.from_config(cfg.archive_dir, cfg.archive)
+        net = cfg.network
+        self.spool_limits = SpoolLimits(
+            max_bytes=int(net.max_instance_size),
+            spool_above=int(net.spool_above),
+            spool_dir=self.archive.incoming,
+        )
         self.store = self._make_store()
         self._stats: dict[int, AssocStats] = {}
         self._stats_lock = threading.Lock()
@@ -180,6 +242,20 @@ class StorageSCP:
             ae.add_supported_context(uid, TRANSFER_SYNTAXES)
         return ae
 
+    def _server_limits(self) -> ServerLimits:
+        net = self.cfg.network
+        pdu = net.max_pdu_bytes
+        slack = 1 << 16
+        return ServerLimits(
+            request_timeout_s=net.request_timeout_s,
+            max_connections_per_host=net.max_connections_per_host,
+            max_pdu_read=max(pdu, 1 << 20) + slack if pdu else int(net.max_instance_size) + slack,
+            spool=self.spool_limits,
+        )
+
+    def _accepts_class(self, uid: str) -> bool:
+        return accepts_storage_class(self.cfg.network.storage_classes, uid)
+
     @property
     def port(self) -> int:
         """The TCP port listened on (useful when configured as 0)."""
@@ -196,6 +272,10 @@ class StorageSCP:
         }
         fast = fast_acceptor()
         self.archive.clean_incoming()
+        try:
+            close_interrupted_audits(self.engine)
+        except SQLAlchemyError as exc:
+            log.error("cannot close the audit rows of interrupted associations: %s", exc)
         if self.store.closed:
             self.store = self._make_store()
         handlers: list[Any] = [
@@ -218,6 +298,9 @@ class StorageSCP:
                 admit=self.admit,
                 store_handler=self.handle_store,
                 fast=fast,
+                limits=self._server_limits(),
+                accept_class=self._accepts_class,
+                transfer_syntaxes=TRANSFER_SYNTAXES,
             )
         except OSError as exc:
             raise OSError(
@@ -374,48 +457,77 @@ class StorageSCP:
         req = event.request
         if not isinstance(req, C_STORE):
             raise TypeError(f"EVT_C_STORE carried a {type(req).__name__}, not a C-STORE")
-        return self.handle_store(event.assoc, req, str(event.context.transfer_syntax))
+        cx = event.context
+        return self.handle_store(event.assoc, req, str(cx.transfer_syntax), str(cx.abstract_syntax))
 
-    def handle_store(self, assoc: Association, req: C_STORE, ts: str) -> int:
-        """Store one instance; the DIMSE status to answer."""
+    def handle_store(self, assoc: Association, req: C_STORE, ts: str, sop_class: str) -> int:
+        """Store one instance received under a presentation context of ``sop_class`` in
+        transfer syntax ``ts``; the DIMSE status to answer (failures are counted)."""
         st = self._stats_for(assoc)
         st.requests += 1
-        raw = req.DataSet
-        if raw is None:
+        raw = as_spool(req.DataSet, self.spool_limits)
+        try:
+            status = self._store(st, req, raw, ts, sop_class)
+        except Exception:
+            log.exception("cannot store an instance from %s (0x0110)", st.calling_ae)
+            status = STATUS_PROCESSING_FAILURE
+        finally:
+            if raw is not None:
+                raw.close()
+        if status != STATUS_SUCCESS:
             st.failures += 1
+        return status
+
+    def _store(
+        self, st: AssocStats, req: C_STORE, raw: SpoolBuffer | None, ts: str, sop_class: str
+    ) -> int:
+        if raw is None:
             return STATUS_CANNOT_UNDERSTAND
-        raw.seek(0, 2)
-        nbytes = raw.tell()
-        raw.seek(0)
+        nbytes = raw.size
         st.bytes_received += nbytes
+        who = st.calling_ae
+        if raw.oversized:
+            log.warning(
+                "refusing an instance from %s: %d bytes, above network.max_instance_size (0xA700)",
+                who,
+                nbytes,
+            )
+            return STATUS_OUT_OF_RESOURCES
         if not self.archive.space().allows(nbytes):
             st.refused_disk += 1
-            st.failures += 1
             log.warning("refusing an instance: free disk below archive.min_free (0xA700)")
             return STATUS_OUT_OF_RESOURCES
         try:
-            facts = read_header(raw, ts)
+            facts = read_header(raw.reader(), ts, self.spool_limits)
         except HeaderError as exc:
-            st.failures += 1
-            log.warning("refusing an instance from %s: %s", st.calling_ae, exc)
+            log.warning("refusing an instance from %s: %s", who, exc)
             return STATUS_CANNOT_UNDERSTAND
+        except OversizeError as exc:
+            log.warning("refusing an instance from %s: %s (0xA700)", who, exc)
+            return STATUS_OUT_OF_RESOURCES
         if facts.sop_instance_uid != str(req.AffectedSOPInstanceUID):
-            st.failures += 1
             log.warning("refusing an instance: SOP Instance UID differs from the request's")
+            return STATUS_MISMATCH
+        if facts.sop_class_uid != sop_class:
+            log.warning(
+                "refusing an instance from %s: its SOP Class UID %s does not match the "
+                "presentation context's %s (0xA900)",
+                who,
+                facts.sop_class_uid,
+                sop_class,
+            )
             return STATUS_MISMATCH
         meta = file_header(facts.sop_class_uid, facts.sop_instance_uid, ts, st.calling_ae)
         try:
-            with raw.getbuffer() as body:
+            with raw.body() as body:
                 outcome = self.store.store(facts, (meta, body), ts, st.audit_id)
         except OSError as exc:
-            st.failures += 1
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 log.error("archive full while storing an instance (0xA700)")
                 return STATUS_OUT_OF_RESOURCES
             log.error("cannot archive an instance: %s", exc)
             return STATUS_PROCESSING_FAILURE
         except SQLAlchemyError as exc:
-            st.failures += 1
             log.error("cannot record an instance in the database: %s", exc)
             return STATUS_PROCESSING_FAILURE
         if outcome == "duplicate":

@@ -3,7 +3,8 @@
 An analytic thorax around the aortic root (torso, fat, muscle, lungs, spine, sternum, liver,
 heart chambers, LVOT, root with three sinuses of Valsalva and closed leaflets, sinotubular
 junction, ascending aorta, left and right coronary ostia with proximal arteries, calcium on
-the cusps and beside the hinges), blurred analytically in mm and sampled on any grid, then
+the cusps and beside the hinges, as much as the calcium options ask: see
+:mod:`glipcore.phantom.calcium`), blurred analytically in mm and sampled on any grid, then
 given noise and, for the poorer grades, motion blur and streaks.
 
 Quality grades (the paper's five; ranges the scan is drawn from, see ``params.GRADES``):
@@ -30,6 +31,7 @@ Typical use::
 
 from __future__ import annotations
 
+from glipcore.phantom.calcium import CALCIUM_LEVELS, check_calcium
 from glipcore.phantom.params import GRADES, QUALITY_GRADES, PhantomCase, random_case
 from glipcore.phantom.render import (
     PRESETS,
@@ -44,8 +46,15 @@ from glipcore.phantom.render import (
 from glipcore.phantom.truth import PhantomTruth, truth_of
 from glipcore.volume import Volume
 
-GENERATOR_VERSION = "aortic-root-phantom/1.0"
-"""Changes whenever the anatomy, its random draw or the rendering changes."""
+GENERATOR_VERSION = "aortic-root-phantom/1.1"
+"""Changes whenever the anatomy, its random draw, the rendering or the options change.
+
+- 1.1: calcium options (``calcium`` none/mild/heavy and ``hinge_calcium``: annular nodules
+  0-2 mm from the hinge points), each on its own random stream; cases with the default
+  options are bit for bit those of 1.0. Also: enhanced (multi-frame) DICOM output and the
+  coronary-ostium columns in ``glip phantom``'s manifest.
+- 1.0: the first analytic aortic-root phantom.
+"""
 
 
 def case_id(seed: int, index: int) -> str:
@@ -54,10 +63,17 @@ def case_id(seed: int, index: int) -> str:
 
 
 def generate(
-    seed: int, index: int, preset: str = "full", *, workers: int = 1
+    seed: int,
+    index: int,
+    preset: str = "full",
+    *,
+    workers: int = 1,
+    calcium: str = "default",
+    hinge_calcium: bool = False,
 ) -> tuple[Volume, PhantomTruth]:
-    """Draw case (seed, index) and render it on a preset grid (HU, float32, with noise)."""
-    case = random_case(seed, index)
+    """Draw case (seed, index) with its calcium options (see :mod:`glipcore.phantom.calcium`)
+    and render it on a preset grid (HU, float32, with noise)."""
+    case = random_case(seed, index, calcium=calcium, hinge_calcium=hinge_calcium)
     affine, shape = grid_for(case, preset)
     array = render(case, affine, shape, noise=True, workers=workers)
     meta = {
@@ -66,11 +82,14 @@ def generate(
         "seed": seed,
         "index": index,
         "preset": preset,
+        "calcium": calcium,
+        "hinge_calcium": hinge_calcium,
     }
     return Volume(array=array, affine=affine, meta=meta), truth_of(case)
 
 
 __all__ = [
+    "CALCIUM_LEVELS",
     "GENERATOR_VERSION",
     "GRADES",
     "PRESETS",
@@ -79,6 +98,7 @@ __all__ = [
     "PhantomTruth",
     "blur_sigmas",
     "case_id",
+    "check_calcium",
     "generate",
     "grid_for",
     "noise_sd",

@@ -543,8 +543,21 @@ def _draw_scan(rng: np.random.Generator, spec: GradeSpec, pose: Pose, n_calcium:
     )
 
 
-def random_case(seed: int, index: int) -> PhantomCase:
-    """Draw case ``index`` of the cohort ``seed`` (deterministic; one RNG stream per pair)."""
+def random_case(
+    seed: int, index: int, *, calcium: str = "default", hinge_calcium: bool = False
+) -> PhantomCase:
+    """Draw case ``index`` of the cohort ``seed`` (deterministic; one RNG stream per pair).
+
+    ``calcium`` (a level of :data:`glipcore.phantom.calcium.CALCIUM_LEVELS`) and
+    ``hinge_calcium`` replace only the case's calcium, drawn on streams of their own:
+    everything else equals the default case of the same (seed, index)."""
+    from glipcore.phantom.calcium import with_calcium
+
+    case = _random_default_case(seed, index)
+    return with_calcium(case, calcium, hinge_calcium)
+
+
+def _random_default_case(seed: int, index: int) -> PhantomCase:
     if seed < 0 or index < 0:
         raise ValueError(f"seed and index must be >= 0, got seed={seed}, index={index}")
     rng = np.random.default_rng([int(seed), int(index)])

@@ -175,10 +175,12 @@ class RootGeometry:
         r = float(self.radius(np.float64(h), np.float64(theta)))
         return self.point(r, theta, h), theta
 
-    def near_hinge_point(self, cusp: int, rng: np.random.Generator) -> NDArray[np.float64]:
-        """A random calcium site on the annulus a little beside a hinge."""
+    def near_hinge_point(
+        self, cusp: int, rng: np.random.Generator, degrees: tuple[float, float] = (8.0, 25.0)
+    ) -> NDArray[np.float64]:
+        """A random calcium site on the annulus beside a hinge, ``degrees`` from it."""
         sign = 1.0 if rng.random() < 0.5 else -1.0
-        theta = float(self.centers[cusp] + sign * math.radians(rng.uniform(8.0, 25.0)))
+        theta = float(self.centers[cusp] + sign * math.radians(rng.uniform(*degrees)))
         h = float(rng.uniform(-1.5, 2.5))
         r = float(self.radius(np.float64(h), np.float64(theta))) + float(rng.uniform(-0.5, 1.0))
         return self.point(r, theta, h)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import typer
 
+from dicomnode.operate.admin_cli.annotations import annotations_app
 from dicomnode.operate.admin_cli.database import node_db, open_database
 from dicomnode.operate.admin_cli.deliveries import (
     deliveries_app,
@@ -94,5 +95,6 @@ def register(app: typer.Typer) -> None:
     app.add_typer(deliveries_app, name="deliveries")
     app.add_typer(results_app, name="results")
     app.add_typer(models_app, name="models")
+    app.add_typer(annotations_app, name="annotations")
     app.command("echo")(echo)
     app.command("purge")(purge)

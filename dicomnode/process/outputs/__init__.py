@@ -1,7 +1,8 @@
 """The node's DICOM result objects: Comprehensive 3D SR (TID 1500), BINARY SEG with a
 sphere per hinge point, and Secondary Capture key images with PNG copies.
 
-UIDs are deterministic per (source series, model version, kind) (:mod:`.uids`);
+UIDs are deterministic per (input instances, model version, output recipe, kind)
+(:mod:`.uids`, :mod:`.recipe`); dates and times come from the job;
 SeriesDescription names the kind and model version and says "RUO" (and "phantom" for a
 phantom-trained model); patient and study come from the CT. The worker calls
 :func:`build_all` with an :class:`OutputContext`.
@@ -14,7 +15,12 @@ from dataclasses import dataclass, field
 
 import pydicom
 
-from dicomnode.process.outputs.context import LANDMARK_NAMES, OutputContext, OutputError
+from dicomnode.process.outputs.context import (
+    LANDMARK_NAMES,
+    OutputContext,
+    OutputError,
+    PriorResult,
+)
 from dicomnode.process.outputs.keyimage import KeyImage, build_key_images
 from dicomnode.process.outputs.measurements import (
     CoplanarView,
@@ -23,9 +29,10 @@ from dicomnode.process.outputs.measurements import (
     measurements,
     plane_tilt_deg,
 )
+from dicomnode.process.outputs.recipe import output_recipe
 from dicomnode.process.outputs.seg import build_seg
-from dicomnode.process.outputs.sr import build_sr
-from dicomnode.process.outputs.uids import KINDS, instance_uid, output_uid, series_uid
+from dicomnode.process.outputs.sr import build_sr, report_uid
+from dicomnode.process.outputs.uids import KINDS, ResultKey, inputs_digest, output_uid
 
 
 @dataclass(frozen=True)
@@ -99,15 +106,18 @@ __all__ = [
     "OutputContext",
     "OutputError",
     "OutputSet",
+    "PriorResult",
+    "ResultKey",
     "build_all",
     "build_key_images",
     "build_seg",
     "build_sr",
     "coplanar_view",
     "hinge_distances_mm",
-    "instance_uid",
+    "inputs_digest",
     "measurements",
+    "output_recipe",
     "output_uid",
     "plane_tilt_deg",
-    "series_uid",
+    "report_uid",
 ]

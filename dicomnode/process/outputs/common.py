@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import copy
+from datetime import datetime
+
 import pydicom
+from highdicom._standard_utils import get_module_attribute_map
 
 from dicomnode import __version__
 from dicomnode.process.outputs.context import OutputContext
@@ -18,19 +22,51 @@ SERIES_NUMBERS = {"sr": 9901, "seg": 9902, "keyimage": 9903}
 RESEARCH_USE_ONLY = "RESEARCH USE ONLY - not for clinical decisions"
 PHANTOM_TRAINED = "PHANTOM-TRAINED MODEL - trained on synthetic phantom CT only"
 
-PATIENT_STUDY_KEYWORDS = (
-    "PatientName",
-    "PatientID",
-    "PatientBirthDate",
-    "PatientSex",
-    "StudyInstanceUID",
-    "StudyID",
-    "StudyDate",
-    "StudyTime",
-    "AccessionNumber",
-    "ReferringPhysicianName",
+PATIENT_STUDY_MODULES = (
+    "patient",
+    "clinical-trial-subject",
+    "general-study",
+    "patient-study",
+    "clinical-trial-study",
 )
-_OPTIONAL_STUDY = ("StudyDescription", "IssuerOfPatientID")
+"""The modules of the Patient and Study IEs that every result object shares with its CT
+(their attributes are read from highdicom's tables of the standard)."""
+
+_RETIRED_PATIENT = ("OtherPatientIDs",)  # retired from the Patient module, still in use
+_MANDATORY_MODULES = ("patient", "general-study")  # their Type 2 attributes must be present
+
+
+def _module_keywords(
+    modules: tuple[str, ...], types: tuple[str, ...] | None = None
+) -> tuple[str, ...]:
+    table = get_module_attribute_map()
+    out: list[str] = []
+    for module in modules:
+        for attr in table[module]:
+            top_level = not attr["path"]
+            if (
+                top_level
+                and (types is None or attr["type"] in types)
+                and attr["keyword"] not in out
+            ):
+                out.append(attr["keyword"])
+    return tuple(out)
+
+
+PATIENT_STUDY_KEYWORDS: tuple[str, ...] = (
+    *_module_keywords(PATIENT_STUDY_MODULES),
+    *_RETIRED_PATIENT,
+)
+"""Every top-level attribute copied from the CT (the modules above, plus retired ones)."""
+
+_TYPE2_KEYWORDS = _module_keywords(_MANDATORY_MODULES, types=("2",))
+
+_STAMPS = (
+    ("InstanceCreationDate", "InstanceCreationTime"),
+    ("ContentDate", "ContentTime"),
+    ("SeriesDate", "SeriesTime"),
+    ("DateOfSecondaryCapture", "TimeOfSecondaryCapture"),
+)
 
 
 def series_description(ctx: OutputContext, kind: str) -> str:
@@ -51,15 +87,32 @@ def software_versions(ctx: OutputContext) -> str:
 
 
 def copy_patient_study(ds: pydicom.Dataset, ctx: OutputContext) -> None:
-    """Copy patient and study attributes from the CT (empty where the CT has none)."""
+    """Copy the Patient and Study modules (:data:`PATIENT_STUDY_KEYWORDS`) from the CT, as
+    they are there; Type 2 attributes of the mandatory modules are empty where the CT lacks
+    them, and the object's own value of an attribute the CT lacks is dropped."""
     src = ctx.source[0]
     if "SpecificCharacterSet" in src:
         ds.SpecificCharacterSet = src.SpecificCharacterSet
     for keyword in PATIENT_STUDY_KEYWORDS:
-        setattr(ds, keyword, src.get(keyword, ""))
-    for keyword in _OPTIONAL_STUDY:
-        if src.get(keyword):
-            setattr(ds, keyword, src.get(keyword))
+        if keyword in src:
+            ds[keyword] = copy.deepcopy(src[keyword])
+        elif keyword in _TYPE2_KEYWORDS:
+            setattr(ds, keyword, None)
+        elif keyword in ds:
+            del ds[keyword]
+
+
+def stamp_times(ds: pydicom.Dataset, when: datetime) -> None:
+    """Set every creation/content date and time the encoders wrote to ``when`` (local
+    time of the node), not the wall clock at encoding."""
+    local = when.astimezone()
+    for date_kw, time_kw in _STAMPS:
+        if date_kw in ds or time_kw in ds:
+            setattr(ds, date_kw, local.strftime("%Y%m%d"))
+            setattr(ds, time_kw, local.strftime("%H%M%S.%f"))
+    for item in ds.get("ContributingEquipmentSequence", []):
+        if "ContributionDateTime" in item:
+            item.ContributionDateTime = local.strftime("%Y%m%d%H%M%S.%f")
 
 
 def mark_node_output(ds: pydicom.Dataset, ctx: OutputContext, kind: str) -> None:
@@ -69,10 +122,13 @@ def mark_node_output(ds: pydicom.Dataset, ctx: OutputContext, kind: str) -> None
     ds.ManufacturerModelName = ctx.model_name[:LO_MAX]
     ds.SoftwareVersions = software_versions(ctx)
     copy_patient_study(ds, ctx)
+    stamp_times(ds, ctx.content_time)
 
 
 __all__ = [
     "KIND_LABELS",
+    "PATIENT_STUDY_KEYWORDS",
+    "PATIENT_STUDY_MODULES",
     "PHANTOM_TRAINED",
     "RESEARCH_USE_ONLY",
     "SERIES_NUMBERS",
@@ -80,4 +136,5 @@ __all__ = [
     "mark_node_output",
     "series_description",
     "software_versions",
+    "stamp_times",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -12,6 +13,7 @@ import pydicom
 from numpy.typing import NDArray
 
 from dicomnode.config import Identity
+from dicomnode.process.outputs.uids import ResultKey, inputs_digest
 from glipcore.volume import Volume
 
 LANDMARK_NAMES: tuple[str, str, str] = ("RCC", "LCC", "NCC")
@@ -44,6 +46,16 @@ def _vector(name: str, value: Any) -> NDArray[np.float64]:
     return v
 
 
+@dataclass(frozen=True)
+class PriorResult:
+    """An earlier result of the same series that a new one replaces: its SR's UIDs and a
+    few words on where it came from (e.g. "job 12 of 2025-03-01 10:02 UTC, 142 instances")."""
+
+    sr_sop_instance_uid: str
+    sr_series_instance_uid: str
+    description: str
+
+
 @dataclass(frozen=True, eq=False)
 class OutputContext:
     """Everything the SR, SEG and key-image builders need for one job.
@@ -52,8 +64,12 @@ class OutputContext:
     ``volume``: the same series in HU on the grid those headers define; ``landmarks_lps``:
     "RCC", "LCC", "NCC" -> (3,) LPS mm; ``plane_normal``: unit (turned to point cranially);
     ``confidence``: 0..1 per landmark; ``warnings``: plausibility findings (empty when
-    fine). Validated on construction (:class:`OutputError`); arrays are stored as float64
-    copies and ``slice_index[n]`` is the volume slice k of ``source[n]``.
+    fine); ``recipe``: the output recipe version (:mod:`.recipe`); ``content_time``: when
+    the job was made (timezone-aware), the one date/time every object carries, so that
+    encoding the same job again gives the same bytes; ``prior``: the earlier result of the
+    series this one replaces, if any. Validated on construction (:class:`OutputError`);
+    arrays are stored as float64 copies and ``slice_index[n]`` is the volume slice k of
+    ``source[n]``.
     """
 
     source: Sequence[pydicom.Dataset]
@@ -67,6 +83,9 @@ class OutputContext:
     trained_on_phantom: bool
     warnings: Sequence[str]
     identity: Identity
+    recipe: str
+    content_time: datetime
+    prior: PriorResult | None = None
     slice_index: tuple[int, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -88,6 +107,10 @@ class OutputContext:
         if isinstance(self.warnings, str) or not all(isinstance(w, str) for w in self.warnings):
             raise OutputError("warnings must be a sequence of strings")
         set_(self, "warnings", tuple(self.warnings))
+        if not isinstance(self.recipe, str) or not self.recipe:
+            raise OutputError("recipe must be a non-empty string (the output recipe version)")
+        if self.content_time.tzinfo is None:
+            raise OutputError("content_time must be timezone-aware")
         self._check_source()
         set_(self, "slice_index", self._map_slices())
 
@@ -169,9 +192,19 @@ class OutputContext:
         """FrameOfReferenceUID of the source CT (every coordinate refers to it)."""
         return str(self.source[0].FrameOfReferenceUID)
 
+    @property
+    def key(self) -> ResultKey:
+        """What this result's UIDs derive from: input set, model version and recipe."""
+        return ResultKey(
+            uid_root=self.identity.uid_root,
+            inputs=inputs_digest(str(ds.SOPInstanceUID) for ds in self.source),
+            model_version=self.model_version,
+            recipe=self.recipe,
+        )
+
     def points(self) -> NDArray[np.float64]:
         """(3, 3) hinge points in RCC, LCC, NCC order, LPS mm."""
         return np.stack([self.landmarks_lps[n] for n in LANDMARK_NAMES])
 
 
-__all__ = ["LANDMARK_NAMES", "OutputContext", "OutputError"]
+__all__ = ["LANDMARK_NAMES", "OutputContext", "OutputError", "PriorResult"]

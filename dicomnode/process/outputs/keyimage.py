@@ -47,7 +47,6 @@ from dicomnode.process.outputs.common import (
 )
 from dicomnode.process.outputs.context import LANDMARK_NAMES, OutputContext, OutputError
 from dicomnode.process.outputs.measurements import coplanar_view
-from dicomnode.process.outputs.uids import instance_uid, series_uid
 
 KIND = "keyimage"
 WINDOW_WIDTH = 800.0
@@ -283,7 +282,7 @@ def _source_refs(ctx: OutputContext) -> list[Dataset]:
 def _dataset(
     ctx: OutputContext, view: View, number: int, rgb: NDArray[np.uint8], fov_mm: float
 ) -> pydicom.Dataset:
-    root, version, src = ctx.identity.uid_root, ctx.model_version, ctx.source[0]
+    key, src = ctx.key, ctx.source[0]
     spacing = fov_mm / rgb.shape[1]
     right, down = orientation_letters(view.right), orientation_letters(view.down)
     ds = hd.sc.SCImage(
@@ -292,9 +291,9 @@ def _dataset(
         bits_allocated=8,
         coordinate_system=hd.CoordinateSystemNames.PATIENT,
         study_instance_uid=src.StudyInstanceUID,
-        series_instance_uid=series_uid(root, ctx.series_uid, version, KIND),
+        series_instance_uid=key.series_uid(KIND),
         series_number=SERIES_NUMBERS[KIND],
-        sop_instance_uid=instance_uid(root, ctx.series_uid, version, KIND, view.name),
+        sop_instance_uid=key.instance_uid(KIND, view.name),
         instance_number=number,
         manufacturer=ctx.identity.manufacturer,
         pixel_spacing=(spacing, spacing),

@@ -22,7 +22,6 @@ from dicomnode.process.outputs import codes as c
 from dicomnode.process.outputs.common import SERIES_NUMBERS, mark_node_output, software_versions
 from dicomnode.process.outputs.context import LANDMARK_NAMES, OutputContext, OutputError
 from dicomnode.process.outputs.sr import tracking_uid
-from dicomnode.process.outputs.uids import instance_uid, series_uid
 
 KIND = "seg"
 _RGB = {  # display colours (sRGB; stored as CIELab): RCC red, LCC green, NCC blue
@@ -92,7 +91,7 @@ def build_seg(ctx: OutputContext, radius_mm: float) -> pydicom.Dataset:
         raise OutputError("no hinge-point sphere intersects the CT volume: nothing to segment")
     # Frames in source order; highdicom drops the empty ones.
     frames: NDArray[Any] = labels[list(ctx.slice_index)]
-    root, version = ctx.identity.uid_root, ctx.model_version
+    key = ctx.key
     seg = hd.seg.Segmentation(
         source_images=list(ctx.source),
         pixel_array=frames,
@@ -100,9 +99,9 @@ def build_seg(ctx: OutputContext, radius_mm: float) -> pydicom.Dataset:
         segment_descriptions=[
             _segment(ctx, n, LANDMARK_NAMES[n - 1]) for n in range(1, len(LANDMARK_NAMES) + 1)
         ],
-        series_instance_uid=series_uid(root, ctx.series_uid, version, KIND),
+        series_instance_uid=key.series_uid(KIND),
         series_number=SERIES_NUMBERS[KIND],
-        sop_instance_uid=instance_uid(root, ctx.series_uid, version, KIND, "spheres"),
+        sop_instance_uid=key.instance_uid(KIND, "spheres"),
         instance_number=1,
         manufacturer=ctx.identity.manufacturer,
         manufacturer_model_name=ctx.model_name[:64],
@@ -114,7 +113,15 @@ def build_seg(ctx: OutputContext, radius_mm: float) -> pydicom.Dataset:
         coding_schemes=[c.local_coding_scheme()],
     )
     mark_node_output(seg, ctx, KIND)
+    _fix_dimension_organization(seg, key.uid(KIND, "dimension-organization"))
     return seg
+
+
+def _fix_dimension_organization(seg: pydicom.Dataset, uid: str) -> None:
+    """Replace highdicom's random Dimension Organization UID with a derived one, so that
+    encoding the same job again gives the same bytes."""
+    for item in (*seg.DimensionOrganizationSequence, *seg.DimensionIndexSequence):
+        item.DimensionOrganizationUID = uid
 
 
 __all__ = ["build_seg", "sphere_labels"]

@@ -12,7 +12,13 @@ Content tree (highdicom builds the templates):
     -> RCC, the three inter-hinge distances (mm), the plane's tilt from axial (deg) and
     the coplanar C-arm view as Positioner Primary (+LAO) / Secondary (+cranial) Angle (deg)
 - Qualitative Evaluations: TEXT items "research use only", "phantom-trained model" (when
-  so), the coplanar view in words, and each plausibility warning
+  so), the coplanar view in words, which earlier result this one replaces (when so), and
+  each plausibility warning
+- Image Library (TID 1600): every CT instance the result was made from (the SCOORD3D
+  coordinates reference the Frame of Reference, no single image)
+
+A result that replaces an earlier one of the same series (reprocessed after late
+instances) names that SR in Predecessor Documents Sequence.
 
 SCOORD3D Graphic Data is FL (32-bit float) in DICOM: coordinates read back equal the
 inputs rounded to float32 (within 4e-6 mm at 100 mm).
@@ -34,11 +40,30 @@ from dicomnode.process.outputs.common import (
     series_description,
     software_versions,
 )
-from dicomnode.process.outputs.context import LANDMARK_NAMES, OutputContext
+from dicomnode.process.outputs.context import (
+    LANDMARK_NAMES,
+    OutputContext,
+    OutputError,
+    PriorResult,
+)
 from dicomnode.process.outputs.measurements import coplanar_view, hinge_distances_mm, plane_tilt_deg
-from dicomnode.process.outputs.uids import instance_uid, output_uid, series_uid
+from dicomnode.process.outputs.uids import ResultKey, output_uid
 
 KIND = "sr"
+REPORT = "report"
+
+
+def report_uid(key: ResultKey) -> str:
+    """SOP Instance UID of the SR of the result with ``key``."""
+    return key.instance_uid(KIND, REPORT)
+
+
+def replaces_text(prior: PriorResult) -> str:
+    """The SR's note on the result it replaces."""
+    return (
+        f"Replaces the earlier result of this series ({prior.description}): "
+        f"SR {prior.sr_sop_instance_uid}"
+    )
 
 
 def tracking_uid(ctx: OutputContext, name: str) -> str:
@@ -119,6 +144,8 @@ def notes(ctx: OutputContext) -> list[str]:
     view = coplanar_view(ctx.plane_normal)
     out.append(f"Coplanar annulus view: {view.label(degree_sign=False)}")
     out.append(f"Model: {ctx.model_name} {ctx.model_version}")
+    if ctx.prior is not None:
+        out.append(replaces_text(ctx.prior))
     return out
 
 
@@ -162,20 +189,33 @@ def _report(ctx: OutputContext) -> hd.sr.MeasurementReport:
             *(_hinge_group(ctx, name) for name in LANDMARK_NAMES),
             _annulus_group(ctx),
         ],
+        referenced_images=list(ctx.source),
     )
     report[0].ContentSequence.append(_qualitative_container(ctx))
     return report
 
 
+def _predecessor(ctx: OutputContext, prior: PriorResult) -> pydicom.Dataset:
+    """The identifying attributes of the prior SR (same study: same series of CT)."""
+    ds = pydicom.Dataset()
+    ds.StudyInstanceUID = ctx.source[0].StudyInstanceUID
+    ds.SeriesInstanceUID = prior.sr_series_instance_uid
+    ds.SOPClassUID = pydicom.uid.Comprehensive3DSRStorage
+    ds.SOPInstanceUID = prior.sr_sop_instance_uid
+    return ds
+
+
 def build_sr(ctx: OutputContext) -> pydicom.Dataset:
     """The Comprehensive 3D SR of one result (see the module docstring)."""
-    root, version = ctx.identity.uid_root, ctx.model_version
+    key = ctx.key
+    if ctx.prior is not None and ctx.prior.sr_sop_instance_uid == report_uid(key):
+        raise OutputError("a result cannot replace itself (prior SR has this SR's UID)")
     sr = hd.sr.Comprehensive3DSR(
         evidence=list(ctx.source),
         content=_report(ctx)[0],
-        series_instance_uid=series_uid(root, ctx.series_uid, version, KIND),
+        series_instance_uid=key.series_uid(KIND),
         series_number=SERIES_NUMBERS[KIND],
-        sop_instance_uid=instance_uid(root, ctx.series_uid, version, KIND, "report"),
+        sop_instance_uid=report_uid(key),
         instance_number=1,
         manufacturer=ctx.identity.manufacturer,
         is_complete=True,
@@ -184,9 +224,10 @@ def build_sr(ctx: OutputContext) -> pydicom.Dataset:
         manufacturer_model_name=ctx.model_name[:64],
         software_versions=software_versions(ctx),
         coding_schemes=[c.local_coding_scheme()],
+        previous_versions=None if ctx.prior is None else [_predecessor(ctx, ctx.prior)],
     )
     mark_node_output(sr, ctx, KIND)
     return sr
 
 
-__all__ = ["algorithm", "build_sr", "notes", "tracking_uid"]
+__all__ = ["algorithm", "build_sr", "notes", "replaces_text", "report_uid", "tracking_uid"]
