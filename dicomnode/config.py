@@ -386,6 +386,53 @@ class RetentionConfig(_Section):
     interval_h: float = Field(default=6.0, gt=0)
 
 
+class RetrainGateConfig(_Section):
+    """When a retrained candidate may replace the active model (each rule must hold)."""
+
+    # Held-out annotated studies needed before a candidate can be promoted at all.
+    min_holdout_studies: int = Field(default=5, ge=1)
+    # The candidate's median hinge error may exceed the active model's by at most this.
+    median_margin_mm: float = Field(default=0.0, ge=0)
+    # The candidate's worst hinge error may exceed the active model's by at most this.
+    worst_margin_mm: float = Field(default=2.0, ge=0)
+    # The candidate's SDR at 2 mm may be lower than the active model's by at most this.
+    sdr2_margin: float = Field(default=0.0, ge=0, le=1)
+    # On the fixed phantom reference set: median margin (mm) against the active model.
+    reference_margin_mm: float = Field(default=0.25, ge=0)
+
+
+class RetrainConfig(_Section):
+    """``dicomnode retrain``: dataset, held-out split, training budget, gate, promotion."""
+
+    # auto: a candidate that passes the gate is promoted; manual: it is only registered.
+    promote: Literal["auto", "manual"] = "auto"
+    # Wall-time budget of one retrain (dataset, training and evaluation), minutes.
+    budget_min: float = Field(default=60.0, gt=0)
+    # CPU threads training and evaluation use (leave cores to the SCP and a worker).
+    threads: int = Field(default=2, ge=1, le=256)
+    # Share of annotated studies held out for the comparison (stable hash of the UID).
+    holdout_fraction: float = Field(default=0.2, gt=0, lt=1)
+    # At least this many studies are held out (when that many exist).
+    holdout_min: int = Field(default=5, ge=1)
+    # Fine-tune the active model (false: train from scratch).
+    fine_tune: bool = True
+    # Phantom cases mixed into the training set (0: none).
+    phantom_cases: int = Field(default=0, ge=0)
+    # Phantoms of the fixed reference set (seeded, never annotated) and its seed.
+    reference_cases: int = Field(default=4, ge=1)
+    reference_seed: int = 9_000
+    # Paired bootstrap resamples of the comparison's confidence intervals.
+    bootstrap: int = Field(default=1000, ge=100)
+    # A running retrain's lease; one that is not renewed expires after this (seconds).
+    lease_s: float = Field(default=600.0, gt=0)
+    # Training configuration (YAML, glip train's schema) the retrain starts from; null:
+    # the active model's architecture and preprocessing with the budget's epochs.
+    train_config: Path | None = None
+    # Where datasets, candidates and logs go (null: var_dir/retrain).
+    dir: Path | None = None
+    gate: RetrainGateConfig = RetrainGateConfig()
+
+
 class NodeConfig(BaseSettings):
     """The whole node configuration. Build it with :func:`load_config`."""
 
@@ -415,6 +462,7 @@ class NodeConfig(BaseSettings):
     logging: LoggingConfig = LoggingConfig()
     metrics: MetricsConfig = MetricsConfig()
     retention: RetentionConfig = RetentionConfig()
+    retrain: RetrainConfig = RetrainConfig()
 
     @field_validator("destinations")
     @classmethod

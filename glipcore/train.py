@@ -126,6 +126,11 @@ class TrainConfig(BaseModel):
     device: str = "auto"
     threads: int | None = None
     channels_last: bool = False
+    init_from: Path | None = Field(
+        None,
+        description="a bundle folder whose weights (fold f, else its last fold) start each "
+        "fold: fine-tuning; the model config must match the bundle's",
+    )
     data: DataConfig
     preprocessing: Preprocessing = Preprocessing()
     model: UNetConfig = UNetConfig()
@@ -283,7 +288,10 @@ def train_fold(
         set_threads(cfg.threads)
     seed = cfg.seed * 1000 + fold
     torch.manual_seed(seed)
-    model = build_unet(cfg.model).to(device)
+    model = build_unet(cfg.model)
+    if cfg.init_from is not None:
+        model.load_state_dict(initial_weights(cfg.init_from, fold))
+    model = model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
     loss_fn = make_loss(cfg.loss.name, lam=lam, variant=cfg.loss.variant)
@@ -397,6 +405,14 @@ def train_fold(
         if on_epoch:
             on_epoch(row)
     return FoldResult(fold, best[1], best[0], best_state, best_errors, history)
+
+
+def initial_weights(bundle_dir: Path, fold: int) -> dict[str, torch.Tensor]:
+    """Fold ``fold``'s weights of a verified bundle (its last fold when it has fewer)."""
+    from glipcore.bundle import load_bundle
+
+    models = load_bundle(Path(bundle_dir)).models
+    return dict(models[min(fold, len(models) - 1)].state_dict())
 
 
 def _write_log(out_dir: Path, history: list[dict[str, float]]) -> None:

@@ -1,4 +1,4 @@
-"""Smoke tests of bench.decode_real and bench.predict_memory on tiny inputs."""
+"""Smoke tests of bench.decode_real, bench.predict_memory and bench.sizing on tiny inputs."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from bench import decode_real, predict_memory
+from bench import decode_real, predict_memory, sizing
 from glipcore.bundle import save_bundle
 from glipcore.decode import REFINE_METHODS
 from glipcore.geometry import ijk_to_lps, make_affine
 from glipcore.manifest import ManifestRow, write_manifest
+from glipcore.phantom import random_case
 from glipcore.preprocess import Preprocessing
 from glipcore.unet import UNetConfig, build_unet
 from glipcore.volume import Volume
@@ -123,3 +124,20 @@ def test_measure_in_process(tmp_path: Path) -> None:
     assert r["volume_bytes"] == vol.array.nbytes
     assert r["predict_peak"] >= r["rss_before_predict"] > 0
     assert np.array(r["landmarks_lps"]).shape == (3, 3)
+
+
+def test_sizing_bench_on_one_fast_phantom(capsys: pytest.CaptureFixture[str]) -> None:
+    cases = list(sizing.held_out_cases(10, 990_300))
+    assert [random_case(990_300, i).quality for i, _, _ in cases[:5]] == ["1", "2", "3-", "3+", "4"]
+    assert {(c, h) for _, c, h in cases} == set(sizing.CALCIUM_VARIANTS)
+    results = sizing.run(1, "fast", 990_300, sizing.DEFAULT_MODEL, threads=1)
+    text = capsys.readouterr().out
+    assert len(results) == 1 and "median/goal" in text and "predicted/peer" in text
+    for method in sizing.METHODS:
+        assert method in text
+
+
+def test_circle_through_three_points() -> None:
+    pts = np.array([[10.0, 0.0, 5.0], [0.0, 10.0, 5.0], [-10.0, 0.0, 5.0]])
+    s = sizing.circle_sizes(pts)
+    assert s.d_min == pytest.approx(20.0) and s.perimeter == pytest.approx(20.0 * np.pi)

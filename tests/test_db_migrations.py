@@ -22,6 +22,7 @@ TABLES = {
     "delivery_attempts",
     "annotations",
     "model_versions",
+    "retrain_leases",
     "events",
 }
 

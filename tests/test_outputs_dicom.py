@@ -411,6 +411,25 @@ def test_sr_image_library_lists_the_ct_instances(
     assert len(report.get_planar_roi_measurement_groups()) == 4
 
 
+def test_sr_image_library_without_slice_thickness(
+    make_ctx: Callable[..., OutputContext], ct: Ct, tmp_path: Path
+) -> None:
+    """SliceThickness is Type 2: an empty one takes the plane spacing (1 mm here)."""
+    headers = [copy.deepcopy(h) for h in ct.headers]
+    for h in headers:
+        h.SliceThickness = None
+    path = tmp_path / "sr.dcm"
+    dciodvfy(build_sr(make_ctx(source=headers)), path)
+    sr = hd.sr.srread(path)
+    assert len(_library_uids(sr)) == len(headers)
+    (library,) = hd.sr.utils.find_content_items(sr, name=codes.DCM.ImageLibrary, recursive=True)
+    thickness = hd.sr.utils.find_content_items(
+        library, name=codes.DCM.SliceThickness, recursive=True
+    )
+    assert len(thickness) == len(headers)
+    assert {float(n.MeasuredValueSequence[0].NumericValue) for n in thickness} == {1.0}
+
+
 # --------------------------------------------------------------------------- item 9: modules
 
 

@@ -21,6 +21,7 @@ from dicomnode.learn.registry import (
     promote,
     register_bundle,
     resolve_bundle,
+    rollback,
 )
 from glipcore.bundle import BundleError, read_manifest
 
@@ -107,6 +108,34 @@ def test_promote_keeps_exactly_one_active(session: Session, tmp_path: Path) -> N
     events = session.scalars(select(Event).where(Event.kind == "model_promoted")).all()
     assert len(events) == 2
     assert events[1].detail is not None and f"replaces {a.version}" in events[1].detail
+
+
+def test_rollback_returns_to_the_previous_version(session: Session, tmp_path: Path) -> None:
+    from datetime import timedelta
+
+    from dicomnode.db.models import utcnow
+
+    with pytest.raises(RegistryError, match="no active model version"):
+        rollback(session)
+    a = register_bundle(session, SHIPPED_BUNDLE)
+    b = register_bundle(session, copy_bundle(tmp_path / "b", rename="phantom-glip-b"))
+    t0 = utcnow()
+    promote(session, a.version, now=t0)
+    promote(session, b.version, now=t0 + timedelta(seconds=1))
+    back = rollback(session, now=t0 + timedelta(seconds=2))
+    assert back is not None and back.version == a.version
+    assert active_model(session).version == a.version  # type: ignore[union-attr]
+    again = rollback(session, now=t0 + timedelta(seconds=3))
+    assert again is not None and again.version == b.version
+
+
+def test_rollback_of_the_first_promotion_returns_to_the_configuration(
+    session: Session, tmp_path: Path
+) -> None:
+    b = register_bundle(session, copy_bundle(tmp_path / "b", rename="phantom-glip-b"))
+    promote(session, b.version)
+    assert rollback(session) is None
+    assert active_model(session) is None
 
 
 def test_promote_unknown_version_lists_known(session: Session) -> None:

@@ -208,6 +208,28 @@ class ModelVersion(Base):
     notes: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     promoted_at: Mapped[datetime | None]
+    # A retrained candidate: the version it was trained from, the gate's decision
+    # (passed|refused) with every reason, its comparison with the model active then and how
+    # it was trained (configuration, dataset annotation ids + hash, code version).
+    parent_version: Mapped[str | None] = mapped_column(String(160))
+    decision: Mapped[str | None] = mapped_column(String(16))
+    decision_reasons: Mapped[list[Any] | None]
+    comparison: Mapped[dict[str, Any] | None]
+    training: Mapped[dict[str, Any] | None]
+
+
+class RetrainLease(Base):
+    """The lease of the one running retrain (``name`` = "retrain"); an expired one may be
+    taken over, so a crashed retrain does not block the next. ``stage`` is its progress."""
+
+    __tablename__ = "retrain_leases"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(128))
+    token: Mapped[str] = mapped_column(String(64))
+    acquired_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    stage: Mapped[str | None] = mapped_column(String(255))
 
 
 class Job(Base):

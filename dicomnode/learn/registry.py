@@ -32,9 +32,11 @@ __all__ = [
     "RegistryError",
     "active_model",
     "known_versions",
+    "previous_version",
     "promote",
     "register_bundle",
     "resolve_bundle",
+    "rollback",
 ]
 
 # Keys of a bundle's training metadata copied into ModelVersion.metrics when present.
@@ -157,6 +159,34 @@ def promote(
     session.add(Event(at=now, kind="model_promoted", detail=detail))
     session.flush()
     return mv
+
+
+def previous_version(session: Session) -> ModelVersion | None:
+    """The version promoted most recently before the active one (None when none was)."""
+    return session.scalars(
+        select(ModelVersion)
+        .where(ModelVersion.active.is_(False), ModelVersion.promoted_at.is_not(None))
+        .order_by(ModelVersion.promoted_at.desc(), ModelVersion.id.desc())
+    ).first()
+
+
+def rollback(session: Session, *, now: datetime | None = None) -> ModelVersion | None:
+    """Promote :func:`previous_version` again (verified). When no other version was ever
+    active, the active one is deactivated: the configuration's bundle is used again (None
+    is returned). :class:`RegistryError` when nothing is active. A second rollback returns
+    to the version rolled back from."""
+    now = now or utcnow()
+    current = active_model(session)
+    if current is None:
+        raise RegistryError("no active model version: the configuration's bundle is in use")
+    previous = previous_version(session)
+    if previous is not None:
+        return promote(session, previous.version, now=now)
+    current.active = False
+    detail = f"{current.version} rolled back to the configuration's bundle"
+    session.add(Event(at=now, kind="model_promoted", detail=detail))
+    session.flush()
+    return None
 
 
 def resolve_bundle(session: Session, cfg: NodeConfig) -> Path:

@@ -326,12 +326,68 @@ def _start_metrics(cfg: NodeConfig, engine: Any, offset: int) -> None:
 # --- retrain ---------------------------------------------------------------------------
 
 
-def retrain(ctx: typer.Context, config: ConfigOpt = None) -> None:
-    """Retrain from annotated archived studies (not built yet: a no-op that succeeds).
+RETRAIN_BUSY_EXIT = 3
+"""Exit status of `dicomnode retrain` while another retrain holds the lease."""
 
-    The systemd timer can be installed now. Train by hand with `glip train`."""
+
+def retrain(
+    ctx: typer.Context,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Build and split the dataset only; no training.")
+    ] = False,
+    budget: Annotated[
+        float | None,
+        typer.Option(
+            "--budget", min=0.1, help="Wall-time budget in minutes (default retrain.budget_min)."
+        ),
+    ] = None,
+    from_scratch: Annotated[
+        bool, typer.Option("--from-scratch", help="Train from scratch, not fine-tune.")
+    ] = False,
+    threads: Annotated[
+        int | None,
+        typer.Option("--threads", min=1, help="CPU threads (default retrain.threads)."),
+    ] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Retrain from the annotated archived studies: a candidate model, compared with the
+    active model on held-out studies and a phantom reference set, promoted when the gate
+    passes (retrain.promote: auto) or registered for `dicomnode models promote`.
+
+    Exits 1 without usable annotations or when training fails, 3 while another retrain
+    runs; a candidate the gate refuses is recorded and the command exits 0."""
     cfg = node_config(ctx, config)
     _setup_logging(cfg)
-    logging.getLogger("dicomnode.retrain").info(
-        "retraining is not built yet; nothing to do (see `glip train --help`)"
+    from dicomnode.learn.retrain import RetrainOptions, run_retrain
+    from dicomnode.learn.retrain_dataset import NoAnnotationsError
+    from dicomnode.learn.retrain_lease import RetrainBusyError
+    from dicomnode.learn.retrain_training import TrainingError
+
+    engine = _open_engine(cfg)
+    options = RetrainOptions(dry_run, budget, from_scratch, threads)
+    try:
+        outcome = run_retrain(cfg, engine, options, report=lambda m: console.print(f"- {m}"))
+    except NoAnnotationsError as exc:
+        _fail(f"nothing to retrain on: {exc}", code=1)
+    except RetrainBusyError as exc:
+        _fail(str(exc), code=RETRAIN_BUSY_EXIT)
+    except TrainingError as exc:
+        _fail(f"training failed: {exc}", code=1)
+    finally:
+        engine.dispose()
+    for annotation_id, reason in outcome.dataset.skipped:
+        console.print(f"skipped annotation {annotation_id}: {reason}", markup=False)
+    if dry_run:
+        console.print(f"dry run: dataset in {outcome.run_dir / 'dataset'}", markup=False)
+        return
+    if outcome.decision is not None:
+        for reason in outcome.decision.reasons():
+            console.print(f"  {reason}", markup=False)
+    state = (
+        "promoted" if outcome.promoted else (outcome.decision.decision if outcome.decision else "?")
+    )
+    console.print(
+        f"candidate {outcome.candidate} ({state}); active model before: {outcome.parent}; "
+        f"{outcome.wall_s / 60:.1f} min",
+        markup=False,
     )

@@ -7,7 +7,9 @@ A study is purged when
 * it has at least one delivery, every delivery of its results is ``sent``, and the last
   was sent more than ``retention.delivered_days`` ago;
 * no series of it is still receiving;
-* it has no annotation (retraining needs its images);
+* it has no annotation (retraining needs its images; this also keeps every study of
+  retraining's held-out set, which is chosen among the annotated studies by
+  :func:`dicomnode.learn.holdout.split_holdout`, and annotations are never deleted);
 * it was not purged yet, or instances arrived after its purge.
 
 Its instance files and the folders they leave empty are deleted; every database row stays,

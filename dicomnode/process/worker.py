@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pydicom
 from sqlalchemy import Engine, select
 
@@ -42,6 +41,7 @@ from dicomnode.process.jobs import (
     requeue_attempt,
 )
 from dicomnode.process.lineage import job_created_at, prior_result
+from dicomnode.process.outputs.frames import FrameGeometryError, position_along_normal
 from dicomnode.process.series import SeriesLoadError, job_files, volume_of_files
 from glipcore import LANDMARKS
 from glipcore.predict import Prediction, Predictor
@@ -70,8 +70,9 @@ def default_torch_threads() -> int:
 
 
 def sorted_headers(files: Sequence[Path]) -> list[pydicom.Dataset]:
-    """Headers (no pixels) of the series' files, sorted along the slice normal. Their
-    patient identifiers are registered with the log scrubber."""
+    """Headers (no pixels) of the series' files, sorted along the slice normal (a
+    multi-frame CT's geometry is read from its functional groups). Their patient
+    identifiers are registered with the log scrubber."""
     heads = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
     register_phi(
         *{
@@ -81,14 +82,9 @@ def sorted_headers(files: Sequence[Path]) -> list[pydicom.Dataset]:
         }
     )
 
-    def position(ds: pydicom.Dataset) -> float:
-        o = np.asarray(ds.ImageOrientationPatient, dtype=float)
-        n = np.cross(o[:3], o[3:])
-        return float(np.asarray(ds.ImagePositionPatient, dtype=float) @ n)
-
     try:
-        return sorted(heads, key=position)
-    except (AttributeError, ValueError) as exc:
+        return sorted(heads, key=position_along_normal)
+    except FrameGeometryError as exc:
         raise PermanentJobError(f"series headers lack geometry: {exc}") from exc
 
 

@@ -6,12 +6,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 
 from dicomnode.config import NodeConfig
+from dicomnode.db.models import ModelVersion
 from dicomnode.db.session import session_factory
 from dicomnode.learn.registry import known_versions
 from dicomnode.operate.admin.common import from_attrs
+from dicomnode.operate.admin.errors import AdminError
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,19 @@ class ModelRow:
     metrics: dict[str, Any] | None
     created_at: datetime
     promoted_at: datetime | None
+    parent_version: str | None
+    decision: str | None
+
+
+@dataclass(frozen=True)
+class ModelDetail:
+    """A model version with its retraining record: the gate's decision and reasons, the
+    comparison with the model active when it was trained, and how it was trained."""
+
+    model: ModelRow
+    decision_reasons: list[Any] | None
+    comparison: dict[str, Any] | None
+    training: dict[str, Any] | None
 
 
 @dataclass(frozen=True)
@@ -72,3 +87,17 @@ def list_models(engine: Engine, cfg: NodeConfig) -> ModelList:
         ),
         in_use=active or version,
     )
+
+
+def model_detail(engine: Engine, version: str) -> ModelDetail:
+    """One registered version and its retraining record; :class:`AdminError` if unknown."""
+    with session_factory(engine)() as s:
+        mv = s.scalars(select(ModelVersion).where(ModelVersion.version == version)).one_or_none()
+        if mv is None:
+            raise AdminError(f"unknown model version {version!r} (see `dicomnode models list`)")
+        return ModelDetail(
+            model=from_attrs(ModelRow, mv),
+            decision_reasons=mv.decision_reasons,
+            comparison=mv.comparison,
+            training=mv.training,
+        )

@@ -11,10 +11,11 @@ from sqlalchemy.orm import Session
 
 from dicomnode.config import NodeConfig
 from dicomnode.db import migrate
-from dicomnode.db.models import Delivery, Result, Study, utcnow
+from dicomnode.db.models import Delivery, ModelVersion, Result, Study, utcnow
 from dicomnode.db.session import session_factory
 from dicomnode.deliver.states import DeliveryState
 from dicomnode.learn.registry import active_model
+from dicomnode.learn.retrain_lease import lease_info
 from dicomnode.operate.admin.common import iso, join_job_study, safe_url
 from dicomnode.operate.admin.status_counts import (
     delivery_counts,
@@ -28,6 +29,7 @@ from dicomnode.operate.admin.status_types import (
     ModelStatus,
     NodeInfo,
     RecentResult,
+    RetrainStatus,
     SchemaStatus,
     StatusSnapshot,
 )
@@ -171,6 +173,26 @@ def _recent_results(s: Session, limit: int = 5) -> list[RecentResult]:
     return out
 
 
+def _retrain_status(s: Session, now: datetime) -> RetrainStatus:
+    lease = lease_info(s)
+    running = lease is not None and not lease.expired(now)
+    last = s.scalars(
+        select(ModelVersion)
+        .where(ModelVersion.decision.is_not(None))
+        .order_by(ModelVersion.created_at.desc(), ModelVersion.id.desc())
+    ).first()
+    return RetrainStatus(
+        running=running,
+        holder=lease.holder if lease is not None and running else None,
+        started_at=iso(lease.acquired_at) if lease is not None and running else None,
+        stage=lease.stage if lease is not None and running else None,
+        last_candidate=last.version if last else None,
+        last_decision=last.decision if last else None,
+        last_at=iso(last.created_at) if last else None,
+        last_active=last.active if last else None,
+    )
+
+
 def status_snapshot(engine: Engine, cfg: NodeConfig, now: datetime | None = None) -> StatusSnapshot:
     """The node at a glance: today's traffic (since local midnight), series by state, jobs
     by state and queue depth, running jobs with age and worker, failures with reasons,
@@ -198,6 +220,7 @@ def status_snapshot(engine: Engine, cfg: NodeConfig, now: datetime | None = None
             deliveries=delivery_counts(s, now),
             disk=_disk(cfg),
             model=_model_status(s, cfg),
+            retrain=_retrain_status(s, now),
             recent_results=_recent_results(s),
             problems=[],
         )

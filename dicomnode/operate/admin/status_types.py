@@ -89,6 +89,17 @@ class ModelStatus(TypedDict):
     error: str | None
 
 
+class RetrainStatus(TypedDict):
+    running: bool  # a retrain holds an unexpired lease
+    holder: str | None
+    started_at: str | None
+    stage: str | None
+    last_candidate: str | None  # the newest retrained candidate
+    last_decision: str | None  # passed | refused
+    last_at: str | None
+    last_active: bool | None  # the candidate is the active model
+
+
 class SchemaStatus(TypedDict):
     current: str | None
     head: str
@@ -129,5 +140,6 @@ class StatusSnapshot(TypedDict):
     deliveries: DeliveryCounts
     disk: DiskStatus
     model: ModelStatus
+    retrain: RetrainStatus
     recent_results: list[RecentResult]
     problems: list[str]

@@ -1,12 +1,14 @@
-"""``dicomnode models``: list, register and promote model versions."""
+"""``dicomnode models``: list, show, register, promote and roll back model versions."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
+from rich.table import Table
 from rich.text import Text
 
 from dicomnode.operate import admin
@@ -101,3 +103,119 @@ def models_promote(
         + (" [yellow](trained on phantoms: research use only)[/]" if phantom else "")
     )
     console.print("workers switch to it before their next job")
+
+
+@models_app.command("rollback")
+def models_rollback(ctx: typer.Context, config: ConfigOpt = None) -> None:
+    """Make the previously active model version active again (verified first), or the
+    configuration's bundle when no other version was active.
+
+    A second rollback returns to the version rolled back from."""
+    from dicomnode.db.session import session_factory, session_scope
+    from dicomnode.learn.registry import rollback
+
+    with node_db(ctx, config) as (cfg, engine), session_scope(session_factory(engine)) as s:
+        mv = rollback(s)
+        name = mv.version if mv is not None else None
+    if name is None:
+        from glipcore.bundle import read_manifest
+
+        default = read_manifest(cfg.bundle_path)[1]
+        console.print(f"active model: the configuration's bundle [bold]{escape(default)}[/]")
+    else:
+        console.print(f"active model: [bold]{escape(name)}[/] (rolled back)")
+    console.print("workers switch to it before their next job")
+
+
+def _mm(v: Any) -> str:
+    return f"{v:.2f}" if isinstance(v, int | float) and v == v else "-"
+
+
+def _share(v: Any) -> str:
+    return f"{v:.0%}" if isinstance(v, int | float) and v == v else "-"
+
+
+def _delta(d: dict[str, Any] | None, fmt: Callable[[Any], str]) -> str:
+    if not d:
+        return ""
+    return f"{fmt(d.get('delta'))} [{fmt(d.get('lo'))}, {fmt(d.get('hi'))}]"
+
+
+def comparison_table(title: str, table: dict[str, Any]) -> Table:
+    """Active vs candidate on one case set, with the paired differences (95% interval)."""
+    act, cand, diff = table["active"], table["candidate"], table.get("difference", {})
+    t = make_table(
+        f"{title} ({cand['cases']} cases)", "metric", "active", "candidate", "difference [95% CI]"
+    )
+    t.add_row(
+        "median mm",
+        _mm(act["median_mm"]),
+        _mm(cand["median_mm"]),
+        _delta(diff.get("median_mm"), _mm),
+    )
+    t.add_row("q3 mm", _mm(act["q3_mm"]), _mm(cand["q3_mm"]), "")
+    t.add_row(
+        "worst mm", _mm(act["worst_mm"]), _mm(cand["worst_mm"]), _delta(diff.get("worst_mm"), _mm)
+    )
+    for name, a in act["hinges"].items():
+        c = cand["hinges"][name]
+        t.add_row(
+            f"{name} median / q3 / worst mm",
+            " / ".join(_mm(a[k]) for k in ("median_mm", "q3_mm", "worst_mm")),
+            " / ".join(_mm(c[k]) for k in ("median_mm", "q3_mm", "worst_mm")),
+            "",
+        )
+    t.add_row(
+        "plane angle median deg",
+        _mm(act["plane_angle_median_deg"]),
+        _mm(cand["plane_angle_median_deg"]),
+        "",
+    )
+    for key in act["sdr"]:
+        extra = _delta(diff.get("sdr_2mm"), _share) if key == "2mm" else ""
+        t.add_row(f"SDR {key}", _share(act["sdr"][key]), _share(cand["sdr"][key]), extra)
+    return t
+
+
+@models_app.command("show")
+def models_show(
+    ctx: typer.Context,
+    version: Annotated[str, typer.Argument(help="A registered model version.")],
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+) -> None:
+    """A model version: its lineage, and for a retrained candidate the comparison with the
+    model active when it was trained and the promotion gate's decision with every reason."""
+    from dicomnode.operate.admin.models import model_detail
+
+    with node_db(ctx, config) as (_cfg, engine):
+        detail = model_detail(engine, version)
+    if as_json:
+        print_json(detail)
+        return
+    m = detail.model
+    console.print(f"[bold]{escape(m.version)}[/]" + (" [green](active)[/]" if m.active else ""))
+    console.print(f"path: {escape(m.path)}", soft_wrap=True)
+    console.print(f"registered {fmt_when(m.created_at)}; promoted {fmt_when(m.promoted_at)}")
+    if m.parent_version:
+        console.print(f"trained from: {escape(m.parent_version)}")
+    training = detail.training or {}
+    dataset = training.get("dataset") or {}
+    if dataset:
+        console.print(
+            f"dataset: {len(dataset.get('train_annotation_ids', []))} training and "
+            f"{len(dataset.get('holdout_annotation_ids', []))} held-out annotations, "
+            f"{dataset.get('phantom_cases', 0)} phantom cases; sha256 "
+            f"{str(dataset.get('sha256', ''))[:16]}"
+        )
+    comparison = detail.comparison or {}
+    for key, title in (("holdout", "held-out studies"), ("reference", "phantom reference set")):
+        if key in comparison:
+            console.print(comparison_table(title, comparison[key]))
+    if m.decision is None:
+        console.print("no gate decision (not a retrained candidate)")
+        return
+    style = "green" if m.decision == "passed" else "red"
+    console.print(f"gate: [bold {style}]{escape(m.decision)}[/]")
+    for reason in detail.decision_reasons or []:
+        console.print(f"  {escape(str(reason))}", soft_wrap=True)

@@ -12,6 +12,7 @@ from rich.panel import Panel
 from rich.text import Text
 
 from dicomnode.operate import admin
+from dicomnode.operate.admin.status_types import RetrainStatus
 from dicomnode.operate.admin_cli.database import node_db
 from dicomnode.operate.admin_cli.format import (
     STATE_STYLES,
@@ -42,6 +43,18 @@ def status(ctx: typer.Context, as_json: JsonOpt = False, config: ConfigOpt = Non
         print_json(snap)
         return
     console.print(render_status(snap))
+
+
+def _retrain_line(r: RetrainStatus, now: datetime) -> Text:
+    """`retrain: running ... · last candidate ... passed (active)`."""
+    bits = []
+    if r["running"]:
+        since = datetime.fromisoformat(r["started_at"]) if r["started_at"] else None
+        bits.append(f"running for {fmt_ago(since, now)} ({r['stage'] or '?'})")
+    if r["last_decision"]:
+        active = " (active)" if r["last_active"] else ""
+        bits.append(f"last candidate {r['last_candidate']}: {r['last_decision']}{active}")
+    return Text("retrain: " + " · ".join(bits))
 
 
 def render_status(snap: admin.StatusSnapshot) -> RenderableType:
@@ -100,6 +113,9 @@ def render_status(snap: admin.StatusSnapshot) -> RenderableType:
         ]
     )
     parts: list[RenderableType] = [head, panels]
+    retrain = snap.get("retrain")
+    if retrain and (retrain["running"] or retrain["last_decision"]):
+        parts.insert(1, _retrain_line(retrain, now))
     if snap["running"]:
         t = make_table("running jobs", "job", "series", "worker", "age", "heartbeat", "lease")
         for r in snap["running"]:

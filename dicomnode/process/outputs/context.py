@@ -13,6 +13,12 @@ import pydicom
 from numpy.typing import NDArray
 
 from dicomnode.config import Identity
+from dicomnode.process.outputs.frames import (
+    FrameGeometryError,
+    SourceFrame,
+    is_multiframe,
+    source_frames,
+)
 from dicomnode.process.outputs.uids import ResultKey, inputs_digest
 from glipcore.volume import Volume
 
@@ -25,9 +31,6 @@ _REQUIRED_HEADER = (
     "StudyInstanceUID",
     "SeriesInstanceUID",
     "FrameOfReferenceUID",
-    "ImagePositionPatient",
-    "ImageOrientationPatient",
-    "PixelSpacing",
     "Rows",
     "Columns",
 )
@@ -60,7 +63,8 @@ class PriorResult:
 class OutputContext:
     """Everything the SR, SEG and key-image builders need for one job.
 
-    ``source``: headers of the job's single-frame CT instances (pixel data not needed);
+    ``source``: headers of the job's CT instances, single-frame ones or one multi-frame
+    (Enhanced) CT (pixel data not needed);
     ``volume``: the same series in HU on the grid those headers define; ``landmarks_lps``:
     "RCC", "LCC", "NCC" -> (3,) LPS mm; ``plane_normal``: unit (turned to point cranially);
     ``confidence``: 0..1 per landmark; ``warnings``: plausibility findings (empty when
@@ -68,8 +72,8 @@ class OutputContext:
     the job was made (timezone-aware), the one date/time every object carries, so that
     encoding the same job again gives the same bytes; ``prior``: the earlier result of the
     series this one replaces, if any. Validated on construction (:class:`OutputError`);
-    arrays are stored as float64 copies and ``slice_index[n]`` is the volume slice k of
-    ``source[n]``.
+    arrays are stored as float64 copies; ``frames`` are the source's image planes
+    (:mod:`.frames`) and ``slice_index[n]`` is the volume slice k of ``frames[n]``.
     """
 
     source: Sequence[pydicom.Dataset]
@@ -86,6 +90,7 @@ class OutputContext:
     recipe: str
     content_time: datetime
     prior: PriorResult | None = None
+    frames: tuple[SourceFrame, ...] = field(init=False, repr=False, compare=False)
     slice_index: tuple[int, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -149,8 +154,6 @@ class OutputContext:
             absent = [k for k in _REQUIRED_HEADER if k not in ds]
             if absent:
                 raise OutputError(f"source instance {n} lacks {', '.join(absent)}")
-            if int(ds.get("NumberOfFrames", 1) or 1) != 1:
-                raise OutputError(f"source instance {n} is multi-frame; single-frame CT needed")
         for key in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID"):
             values = {str(ds[key].value) for ds in self.source}
             if len(values) != 1:
@@ -158,18 +161,27 @@ class OutputContext:
         uids = [str(ds.SOPInstanceUID) for ds in self.source]
         if len(set(uids)) != len(uids):
             raise OutputError("source holds the same SOPInstanceUID twice")
+        if len(self.source) > 1 and any(is_multiframe(ds) for ds in self.source):
+            raise OutputError(
+                "source mixes instances with a multi-frame one: one multi-frame CT, or "
+                "single-frame CT instances, are needed"
+            )
+        try:
+            object.__setattr__(self, "frames", tuple(source_frames(self.source)))
+        except FrameGeometryError as exc:
+            raise OutputError(str(exc)) from exc
 
     def _map_slices(self) -> tuple[int, ...]:
-        """Volume slice k of each source instance (checks the headers match the grid)."""
+        """Volume slice k of each source frame (checks the frames match the grid)."""
         n_z, rows, cols = self.volume.shape_zyx
-        if len(self.source) != n_z:
-            raise OutputError(f"source has {len(self.source)} instances, volume {n_z} slices")
+        if len(self.frames) != n_z:
+            raise OutputError(f"source has {len(self.frames)} image planes, volume {n_z} slices")
         first = self.source[0]
         if (int(first.Rows), int(first.Columns)) != (rows, cols):
             raise OutputError(
                 f"source images are {first.Rows}x{first.Columns}, volume slices {rows}x{cols}"
             )
-        positions = np.array([[float(x) for x in ds.ImagePositionPatient] for ds in self.source])
+        positions = np.array([f.position for f in self.frames])
         ijk = self.volume.to_ijk(positions)
         k = np.rint(ijk[:, 2])
         off = np.abs(ijk - np.column_stack([np.zeros((len(k), 2)), k]))
@@ -177,7 +189,7 @@ class OutputContext:
             raise OutputError("source ImagePositionPatient values do not lie on the volume grid")
         ks = tuple(int(x) for x in k)
         if len(set(ks)) != len(ks):
-            raise OutputError("two source instances lie on the same volume slice")
+            raise OutputError("two source image planes lie on the same volume slice")
         return ks
 
     # ------------------------------------------------------------------ facts

@@ -264,18 +264,15 @@ def png_bytes(rgb: NDArray[np.uint8]) -> bytes:
 
 
 def _source_refs(ctx: OutputContext) -> list[Dataset]:
-    """Source Image Sequence: the CT instances nearest each hinge point."""
+    """Source Image Sequence: the CT image planes (instances, or frames of a multi-frame
+    instance) nearest each hinge point."""
     k_of_point = np.rint(ctx.volume.to_ijk(ctx.points())[:, 2]).astype(int)
     refs, seen = [], set()
     for k in k_of_point:
         if k not in ctx.slice_index or k in seen:
             continue
         seen.add(int(k))
-        src = ctx.source[ctx.slice_index.index(int(k))]
-        item = Dataset()
-        item.ReferencedSOPClassUID = src.SOPClassUID
-        item.ReferencedSOPInstanceUID = src.SOPInstanceUID
-        refs.append(item)
+        refs.append(ctx.frames[ctx.slice_index.index(int(k))].reference())
     return refs
 
 

@@ -1,7 +1,8 @@
 """BINARY Segmentation: a small sphere per hinge point on the CT's own geometry.
 
 One segment per hinge point (1 RCC, 2 LCC, 3 NCC), each frame derived from (and
-referencing) the CT instance it lies on; empty frames are omitted. A voxel belongs to a
+referencing) the CT image plane it lies on: a single-frame instance, or a frame of a
+multi-frame (Enhanced) CT; empty frames are omitted. A voxel belongs to a
 sphere when its centre lies within ``radius_mm`` of the point; where two spheres overlap
 (a radius above half an inter-hinge distance) the voxel goes to the nearer point. Segment
 tracking UIDs equal the SR's, so a viewer can link the two.
@@ -89,7 +90,8 @@ def build_seg(ctx: OutputContext, radius_mm: float) -> pydicom.Dataset:
     present = [n + 1 for n in range(len(LANDMARK_NAMES)) if np.any(labels == n + 1)]
     if not present:
         raise OutputError("no hinge-point sphere intersects the CT volume: nothing to segment")
-    # Frames in source order; highdicom drops the empty ones.
+    # Frames in source plane order (instances, or a multi-frame CT's frame numbers);
+    # highdicom drops the empty ones.
     frames: NDArray[Any] = labels[list(ctx.slice_index)]
     key = ctx.key
     seg = hd.seg.Segmentation(

@@ -14,8 +14,10 @@ Content tree (highdicom builds the templates):
 - Qualitative Evaluations: TEXT items "research use only", "phantom-trained model" (when
   so), the coplanar view in words, which earlier result this one replaces (when so), and
   each plausibility warning
-- Image Library (TID 1600): every CT instance the result was made from (the SCOORD3D
-  coordinates reference the Frame of Reference, no single image)
+- Image Library (TID 1600): every CT image plane the result was made from, with its
+  geometry (TID 1604): each single-frame instance, or each frame of a multi-frame
+  (Enhanced) CT with its frame number and the geometry of its functional groups (the
+  SCOORD3D coordinates reference the Frame of Reference, no single image)
 
 A result that replaces an earlier one of the same series (reprocessed after late
 instances) names that SR in Predecessor Documents Sequence.
@@ -189,10 +191,26 @@ def _report(ctx: OutputContext) -> hd.sr.MeasurementReport:
             *(_hinge_group(ctx, name) for name in LANDMARK_NAMES),
             _annulus_group(ctx),
         ],
-        referenced_images=list(ctx.source),
+        referenced_images=[frame.as_image() for frame in ctx.frames],
     )
+    _number_library_frames(report, ctx)
     report[0].ContentSequence.append(_qualitative_container(ctx))
     return report
+
+
+def _number_library_frames(report: hd.sr.MeasurementReport, ctx: OutputContext) -> None:
+    """Give the Image Library entries of a multi-frame CT their frame numbers: highdicom
+    lists one entry per plane given (in order, one group per Frame of Reference) but
+    references the instance only."""
+    (library,) = hd.sr.utils.find_content_items(report[0], name=codes.DCM.ImageLibrary)
+    images = hd.sr.utils.find_content_items(
+        library, value_type=hd.sr.ValueTypeValues.IMAGE, recursive=True
+    )
+    if len(images) != len(ctx.frames):
+        raise OutputError(f"Image Library lists {len(images)} images for {len(ctx.frames)} planes")
+    for image, frame in zip(images, ctx.frames, strict=True):
+        if frame.frame_number is not None:
+            image.ReferencedSOPSequence[0].ReferencedFrameNumber = frame.frame_number
 
 
 def _predecessor(ctx: OutputContext, prior: PriorResult) -> pydicom.Dataset:

@@ -1,0 +1,149 @@
+"""The retraining data: the annotated archived studies split into training and held-out
+manifests, optional phantom cases mixed into training, and the fixed phantom reference set.
+
+The studies are written by :func:`dicomnode.learn.annotation_export.export_dataset` (the
+newest annotation per study, on the series it names or the one the node processed), so the
+training set is exactly what ``dicomnode annotations export --dataset`` gives a researcher.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import Engine
+
+from dicomnode.learn.annotation_export import annotation_rows, case_id, export_dataset
+from dicomnode.learn.holdout import split_holdout
+from glipcore.manifest import ManifestRow, read_manifest, write_manifest
+
+MIXED_PHANTOM_SEED = 7_000
+"""Cohort of the phantom cases mixed into training (never the reference set's seed)."""
+
+
+class NoAnnotationsError(RuntimeError):
+    """No usable annotated study: nothing to retrain on."""
+
+
+@dataclass
+class RetrainDataset:
+    """Manifests of the training and held-out studies and the dataset's identity."""
+
+    train_manifest: Path
+    holdout_manifest: Path
+    train_annotations: list[int]
+    holdout_annotations: list[int]
+    sha256: str
+    holdout_rows: list[ManifestRow] = field(default_factory=list)
+    phantom_cases: int = 0
+    skipped: list[tuple[int, str]] = field(default_factory=list)
+
+    def summary(self) -> dict[str, object]:
+        """What the candidate records: annotation ids, the hash, counts (no PHI)."""
+        return {
+            "train_annotation_ids": self.train_annotations,
+            "holdout_annotation_ids": self.holdout_annotations,
+            "sha256": self.sha256,
+            "phantom_cases": self.phantom_cases,
+            "skipped": [{"annotation_id": a, "reason": r} for a, r in self.skipped],
+        }
+
+
+def holdout_study_uids(engine: Engine, fraction: float, minimum: int) -> set[str]:
+    """StudyInstanceUIDs of the annotated studies held out from training."""
+    return split_holdout((r.study_uid for r in annotation_rows(engine)), fraction, minimum)
+
+
+def _dataset_hash(rows: list[ManifestRow], annotation_of: dict[str, int]) -> str:
+    items = sorted(
+        (annotation_of[r.case_id], r.case_id, [round(float(v), 4) for v in r.landmarks.ravel()])
+        for r in rows
+    )
+    return hashlib.sha256(json.dumps(items).encode()).hexdigest()
+
+
+def phantom_rows(out_dir: Path, seed: int, count: int) -> list[ManifestRow]:
+    """``count`` phantoms of cohort ``seed`` at the model preset, as NIfTI + manifest rows;
+    generated once per folder (the same seed always gives the same cases)."""
+    from glipcore.phantom import case_id as phantom_id
+    from glipcore.phantom import generate
+    from glipcore.volume_io import save_nifti
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(count):
+        cid = phantom_id(seed, i)
+        path = out_dir / f"{cid}.nii.gz"
+        truth_file = out_dir / f"{cid}.json"
+        if not (path.is_file() and truth_file.is_file()):
+            vol, truth = generate(seed, i, "model")
+            save_nifti(vol, path)
+            truth_file.write_text(json.dumps(truth.landmarks_lps.tolist()))
+        landmarks = json.loads(truth_file.read_text())
+        rows.append(ManifestRow(cid, path, landmarks))
+    return rows
+
+
+def build_dataset(
+    engine: Engine,
+    archive_root: Path,
+    out_dir: Path,
+    *,
+    holdout_fraction: float,
+    holdout_min: int,
+    phantom_cases: int = 0,
+    phantom_dir: Path | None = None,
+) -> RetrainDataset:
+    """Export the annotated studies to ``out_dir`` and split them into train/held-out
+    manifests. Raises :class:`NoAnnotationsError` when no study can be used."""
+    if not annotation_rows(engine):
+        raise NoAnnotationsError(
+            "no annotated studies: import annotations first (`dicomnode annotations import`)"
+        )
+    export = export_dataset(engine, archive_root, out_dir)
+    rows = read_manifest(export.manifest) if export.cases else []
+    if len(rows) < 2:
+        reasons = "; ".join(f"annotation {a}: {r}" for a, r in export.skipped) or "none"
+        raise NoAnnotationsError(
+            f"{len(rows)} usable annotated studies (at least 2 needed); skipped: {reasons}"
+        )
+    annotation_of = {
+        k: int(v) for k, v in json.loads((out_dir / "provenance.json").read_text()).items()
+    }
+    held_cases = {
+        case_id(uid)
+        for uid in split_holdout(
+            (r.study_uid for r in annotation_rows(engine) if case_id(r.study_uid) in annotation_of),
+            holdout_fraction,
+            holdout_min,
+        )
+    }
+    train = [r for r in rows if r.case_id not in held_cases]
+    held = [r for r in rows if r.case_id in held_cases]
+    phantoms = (
+        phantom_rows(phantom_dir or out_dir / "phantoms", MIXED_PHANTOM_SEED, phantom_cases)
+        if phantom_cases
+        else []
+    )
+    return RetrainDataset(
+        train_manifest=write_manifest([*train, *phantoms], out_dir / "train.csv"),
+        holdout_manifest=write_manifest(held, out_dir / "holdout.csv"),
+        train_annotations=sorted(annotation_of[r.case_id] for r in train),
+        holdout_annotations=sorted(annotation_of[r.case_id] for r in held),
+        sha256=_dataset_hash(rows, annotation_of),
+        holdout_rows=held,
+        phantom_cases=len(phantoms),
+        skipped=export.skipped,
+    )
+
+
+__all__ = [
+    "MIXED_PHANTOM_SEED",
+    "NoAnnotationsError",
+    "RetrainDataset",
+    "build_dataset",
+    "holdout_study_uids",
+    "phantom_rows",
+]
