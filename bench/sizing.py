@@ -132,12 +132,15 @@ def run_case(
     out: dict[str, dict[str, float] | None] = dict.fromkeys(METHODS)
     refusals: dict[str, str] = {}
     truth_plane = Plane(truth.annulus_center, truth.annulus_normal)
-    planes = {"predicted plane": pred.hinge_plane, "truth plane": truth_plane}
-    for method, plane in planes.items():
+    planes = {
+        "predicted plane": (pred.hinge_plane, pred.points()),
+        "truth plane": (truth_plane, truth.landmarks_lps),
+    }
+    for method, (plane, hinges) in planes.items():
         if plane is None:
             refusals[method] = "degenerate prediction"
             continue
-        res = size_annulus(vol, plane)
+        res = size_annulus(vol, plane, hinges_lps=hinges)
         if isinstance(res, AnnulusSizing):
             out[method] = errors(sizes_of(res), ref)
         else:
@@ -205,9 +208,11 @@ def summary(results: Sequence[CaseResult]) -> str:
     for calcified in (False, True):
         sub = [r for r in results if r.calcified == calcified]
         if sub:
+            refused = sum(r.errors[METHODS[0]] is None for r in sub)
             out.append(
-                f"  {'with' if calcified else 'without'} annular calcium ({len(sub)} cases), "
-                f"predicted plane: area {median_abs(sub, METHODS[0], 'area'):.2f} %, "
+                f"  {'with' if calcified else 'without'} annular calcium ({len(sub)} cases, "
+                f"{refused} refused), predicted plane: "
+                f"area {median_abs(sub, METHODS[0], 'area'):.2f} %, "
                 f"perimeter {median_abs(sub, METHODS[0], 'perimeter'):.2f} % (medians)"
             )
     return "\n".join(out)

@@ -35,7 +35,9 @@ class SizingParams:
     outlier_mm: float = 0.6
     contour_harmonics: int = 12
     max_open_fraction: float = 0.05
-    max_bridged_fraction: float = 0.5
+    max_bridged_fraction: float = 0.7
+    max_gap_deg: float = 100.0
+    max_hinge_gap_mm: float = 3.0
     diameter_range_mm: tuple[float, float] = (12.0, 40.0)
 
 
@@ -149,6 +151,21 @@ class LumenTrace:
     open_fraction: float
     threshold: float
     blur_mm: float
+    largest_gap_deg: float
+
+
+def largest_gap_deg(keep: NDArray[np.bool_]) -> float:
+    """The longest circular run of rays not kept, in degrees."""
+    if keep.all():
+        return 0.0
+    if not keep.any():
+        return 360.0
+    start = int(np.argmax(keep))  # begin at a kept ray so that no run wraps around
+    run = best = 0
+    for k in np.roll(~keep, -start):
+        run = run + 1 if k else 0
+        best = max(best, run)
+    return 360.0 * best / keep.size
 
 
 def tissue_hu(prof: FloatArray, radii: FloatArray, edges: Edges, p: SizingParams) -> float | None:
@@ -206,14 +223,16 @@ def trace_lumen(
     bright = bright_beyond(prof, radii, edges.radius, blood + 0.25 * (high - blood), p)
     good = ~edges.calcium & ~edges.open & ~bright
     if good.sum() < p.rays // 4:
-        return LumenTrace(np.empty((0, 2)), 1.0, float(edges.open.mean()), low, 0.0)
+        return LumenTrace(np.empty((0, 2)), 1.0, float(edges.open.mean()), low, 0.0, 360.0)
     fit, keep = robust_fourier_fit(theta, edges.radius, good, p)
     r = low_pass(np.where(keep, edges.radius, fit), p.contour_harmonics)
     blur = edge_blur_mm(prof, radii, edges.radius, keep, blood - tissue) if keep.any() else 0.0
     if p.blur_correction:
         r = r + blur**2 / (2.0 * np.maximum(r, 1.0))
     xy = centre + r[:, None] * np.stack([np.cos(theta), np.sin(theta)], axis=1)
-    return LumenTrace(xy, float(1.0 - keep.mean()), float(edges.open.mean()), low, blur)
+    bridged = float(1.0 - keep.mean())
+    gap = largest_gap_deg(keep)
+    return LumenTrace(xy, bridged, float(edges.open.mean()), low, blur, gap)
 
 
 __all__ = [
@@ -225,6 +244,7 @@ __all__ = [
     "edge_blur_mm",
     "first_edges",
     "fourier_basis",
+    "largest_gap_deg",
     "low_pass",
     "ray_profiles",
     "robust_fourier_fit",

@@ -55,6 +55,7 @@ class SizingRefusalReason(StrEnum):
     OPEN_CONTOUR = "open_contour"
     UNRELIABLE_CONTOUR = "unreliable_contour"
     IMPLAUSIBLE_SIZE = "implausible_size"
+    HINGES_OFF_CONTOUR = "hinges_off_contour"
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,12 @@ def _measure(trace: LumenTrace, image: PlaneImage, blood: float, p: SizingParams
             f"{trace.open_fraction:.0%} of the rays leave the {p.size_mm:.0f} mm reformat "
             "or the volume without meeting a lumen edge",
         )
+    if trace.largest_gap_deg > p.max_gap_deg:
+        return SizingRefusal(
+            SizingRefusalReason.UNRELIABLE_CONTOUR,
+            f"the contour is bridged over {trace.largest_gap_deg:.0f} degrees in one piece "
+            f"(more than {p.max_gap_deg:.0f}: calcium, leaflet or artefact)",
+        )
     if trace.bridged > p.max_bridged_fraction:
         return SizingRefusal(
             SizingRefusalReason.UNRELIABLE_CONTOUR,
@@ -152,12 +159,43 @@ def _measure(trace: LumenTrace, image: PlaneImage, blood: float, p: SizingParams
     )
 
 
+def _smoothed(image: PlaneImage, finite: NDArray[np.bool_], sigma_mm: float) -> NDArray[np.float32]:
+    """In-plane Gaussian smoothing; pixels outside the volume stay NaN."""
+    fill = float(np.min(image.array[finite]))
+    img = gaussian_filter(
+        np.where(finite, image.array, fill).astype(np.float32), sigma_mm / image.pixel_mm
+    )
+    return np.where(finite, img, np.nan).astype(np.float32)
+
+
+def hinge_gap_refusal(
+    sizing: AnnulusSizing, plane: Plane, hinges_lps: FloatArray, p: SizingParams
+) -> SizingRefusal | None:
+    """A refusal when a hinge point, projected on the plane, lies farther than
+    ``max_hinge_gap_mm`` from the contour (the hinges sit on the annulus wall)."""
+    hinges = plane.project(np.asarray(hinges_lps, dtype=np.float64))
+    d = np.linalg.norm(hinges[:, None, :] - sizing.contour_lps[None], axis=-1).min(axis=1)
+    worst = float(d.max())
+    if worst <= p.max_hinge_gap_mm:
+        return None
+    return SizingRefusal(
+        SizingRefusalReason.HINGES_OFF_CONTOUR,
+        f"a hinge point lies {worst:.1f} mm from the lumen contour "
+        f"(more than {p.max_hinge_gap_mm:.0f} mm)",
+    )
+
+
 def size_annulus(
-    volume: Volume, plane: Plane, params: SizingParams = DEFAULT_PARAMS
+    volume: Volume,
+    plane: Plane,
+    params: SizingParams = DEFAULT_PARAMS,
+    *,
+    hinges_lps: FloatArray | None = None,
 ) -> SizingResult:
     """Segment the annulus lumen on ``plane`` (origin inside the lumen, e.g. the centroid
     of the hinge points) and measure it; a :class:`SizingRefusal` when there is no closed,
-    plausible contour."""
+    plausible contour, or, given the hinge points (3, 3) that define the plane, when the
+    contour does not pass near them."""
     p = params
     image = reformat(volume, plane, size_mm=p.size_mm, pixel_mm=p.pixel_mm)
     finite = np.isfinite(image.array)
@@ -167,11 +205,7 @@ def size_annulus(
         return SizingRefusal(
             SizingRefusalReason.OUTSIDE_VOLUME, "the plane's origin is outside the volume"
         )
-    fill = float(np.min(image.array[finite]))
-    img = gaussian_filter(
-        np.where(finite, image.array, fill).astype(np.float32), p.smooth_mm / p.pixel_mm
-    )
-    img = np.where(finite, img, np.nan).astype(np.float32)
+    img = _smoothed(image, finite, p.smooth_mm)
     blood = _blood_hu(img, image, centre, p)
     if not blood >= p.min_blood_hu:
         return SizingRefusal(
@@ -183,7 +217,10 @@ def size_annulus(
     if trace.contour_xy.size:
         # A second pass from the contour's centroid: rays then meet the wall squarely.
         trace = trace_lumen(img, image, polygon_centroid(trace.contour_xy), blood, p)
-    return _measure(trace, image, blood, p)
+    result = _measure(trace, image, blood, p)
+    if isinstance(result, AnnulusSizing) and hinges_lps is not None:
+        return hinge_gap_refusal(result, plane, hinges_lps, p) or result
+    return result
 
 
 __all__ = [
@@ -193,5 +230,6 @@ __all__ = [
     "SizingRefusal",
     "SizingRefusalReason",
     "SizingResult",
+    "hinge_gap_refusal",
     "size_annulus",
 ]

@@ -129,7 +129,8 @@ def test_measure_in_process(tmp_path: Path) -> None:
 def test_sizing_bench_on_one_fast_phantom(capsys: pytest.CaptureFixture[str]) -> None:
     cases = list(sizing.held_out_cases(10, 990_300))
     assert [random_case(990_300, i).quality for i, _, _ in cases[:5]] == ["1", "2", "3-", "3+", "4"]
-    assert {(c, h) for _, c, h in cases} == set(sizing.CALCIUM_VARIANTS)
+    variants = {(random_case(990_300, i).quality, c, h) for i, c, h in cases}
+    assert len(variants) == 10  # every grade with and without annular calcium
     results = sizing.run(1, "fast", 990_300, sizing.DEFAULT_MODEL, threads=1)
     text = capsys.readouterr().out
     assert len(results) == 1 and "median/goal" in text and "predicted/peer" in text

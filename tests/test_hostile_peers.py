@@ -107,7 +107,7 @@ def test_broken_deflate_stream_is_an_undecodable_data_set(
     (audit,) = node.audits(1)
     assert (audit.requests, audit.stored, audit.failures) == (2, 1, 1)
     assert "broken deflate stream" in caplog.text
-    assert "1 stored, 0 duplicates, 1 failed" in caplog.text
+    assert wait_for(lambda: "1 stored, 0 duplicates, 1 failed" in caplog.text, 10)
     assert "Traceback" not in caplog.text and "exception in the C-STORE handler" not in caplog.text
 
 
@@ -256,4 +256,6 @@ def test_wrong_called_ae_title_is_logged_and_audited(
     expected = "called AE title 'NOTTHENODE' is not this node's (GLIPNODE)"
     (audit,) = node.audits(1)
     assert (audit.outcome, audit.reason) == ("rejected", expected)
-    assert f"association from ECHOSCU@127.0.0.1 refused: {expected}" in caplog.text
+    assert wait_for(
+        lambda: f"association from ECHOSCU@127.0.0.1 refused: {expected}" in caplog.text, 10
+    )

@@ -11,6 +11,7 @@ from scipy.special import ellipe
 
 from glipcore import phantom
 from glipcore.geometry import Plane, make_affine
+from glipcore.lumen_rays import largest_gap_deg
 from glipcore.polygon import feret_diameters, polygon_area, polygon_perimeter
 from glipcore.reformat import in_plane_axes, reformat
 from glipcore.sizing import AnnulusSizing, SizingRefusal, SizingRefusalReason, size_annulus
@@ -88,6 +89,7 @@ def test_elliptic_lumen_is_measured_tightly() -> None:
     assert res.contour_lps.shape[1] == 3
     np.testing.assert_allclose(res.contour_lps[:, 2], 0.0, atol=1e-9)  # on the plane
     assert res.bridged_fraction < 0.1
+    assert res.edge_blur_mm == pytest.approx(math.hypot(0.6, 0.5), abs=0.15)  # blur (+) smoothing
 
 
 def test_calcium_at_the_wall_is_bridged_not_counted() -> None:
@@ -134,3 +136,25 @@ def test_phantom_annulus_on_the_truth_plane() -> None:
     res = _sized(vol, Plane(truth.annulus_center, truth.annulus_normal))
     assert res.area_mm2 == pytest.approx(truth.annulus_area_mm2, rel=0.04)
     assert res.perimeter_mm == pytest.approx(truth.annulus_perimeter_mm, rel=0.03)
+
+
+def test_largest_bridged_gap_wraps_around() -> None:
+    keep = np.ones(360, dtype=bool)
+    assert largest_gap_deg(keep) == 0.0
+    keep[:30] = False
+    keep[-20:] = False  # one run of 50 rays across theta = 0
+    keep[100:140] = False
+    assert largest_gap_deg(keep) == pytest.approx(50.0)
+    assert largest_gap_deg(np.zeros(36, dtype=bool)) == 360.0
+
+
+def test_hinges_off_the_contour_refuse_the_sizing() -> None:
+    vol = _lumen_volume(calcium=False)
+    t = np.radians([90.0, 210.0, 330.0])
+    ca, sa = math.cos(ANGLE), math.sin(ANGLE)
+    x, y = A_MM * np.cos(t), B_MM * np.sin(t)
+    on_wall = np.stack([ca * x - sa * y, sa * x + ca * y, np.zeros(3)], axis=1)
+    assert isinstance(size_annulus(vol, AXIAL, hinges_lps=on_wall), AnnulusSizing)
+    res = size_annulus(vol, AXIAL, hinges_lps=on_wall * 1.4)  # 4-5 mm outside the wall
+    assert isinstance(res, SizingRefusal)
+    assert res.reason is SizingRefusalReason.HINGES_OFF_CONTOUR and "mm" in res.detail
