@@ -4,12 +4,21 @@ nodules and the hinge calcium where they are meant to be."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 
 import numpy as np
 import pytest
 
 from glipcore.geometry import ijk_to_lps
-from glipcore.phantom import generate, grid_for, random_case, render
+from glipcore.phantom import (
+    REPRODUCES_DEFAULT_COHORTS_OF,
+    generate,
+    grid_for,
+    random_case,
+    render,
+    truth_of,
+)
 from glipcore.phantom.calcium import CALCIUM_HU, HINGE_CLEARANCE_MM, outside_lumen
 from glipcore.phantom.frame import root_frame
 from glipcore.phantom.params import PhantomCase
@@ -131,3 +140,19 @@ def test_level_nodules_keep_clear_of_the_hinges_and_hinge_nodules_touch_them() -
 def test_unknown_level_is_refused() -> None:
     with pytest.raises(ValueError, match="calcium level"):
         random_case(SEED, 0, calcium="extreme")
+
+
+# sha256 over repr(random_case) and truth.json of cases 0-7 of seeds 1000 (the shipped
+# model's training cohort) and 424242 (the held-out set), computed with generator 1.0.
+DEFAULT_COHORT_FINGERPRINT_1_0 = "ba07d70e93131f33e82b7fdc88a52e9794908b5f9e386ccb81d3b9c1f9df1dad"
+
+
+def test_default_cohorts_are_those_of_every_version_it_claims_to_reproduce() -> None:
+    h = hashlib.sha256()
+    for seed in (1000, 424242):
+        for i in range(8):
+            case = random_case(seed, i)
+            h.update(repr(case).encode())
+            h.update(json.dumps(truth_of(case).to_dict(), sort_keys=True).encode())
+    assert "aortic-root-phantom/1.0" in REPRODUCES_DEFAULT_COHORTS_OF
+    assert h.hexdigest() == DEFAULT_COHORT_FINGERPRINT_1_0

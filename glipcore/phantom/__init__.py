@@ -56,6 +56,14 @@ GENERATOR_VERSION = "aortic-root-phantom/1.1"
 - 1.0: the first analytic aortic-root phantom.
 """
 
+REPRODUCES_DEFAULT_COHORTS_OF: frozenset[str] = frozenset(
+    {"aortic-root-phantom/1.0", GENERATOR_VERSION}
+)
+"""Generator versions whose cases with default options this generator draws bit for bit
+(pinned by a fingerprint test): a model trained on such a cohort has seen exactly the cases
+that ``glip phantom`` makes today with default options. Drop a version when the default
+draw changes."""
+
 
 def case_id(seed: int, index: int) -> str:
     """The id of case ``index`` of cohort ``seed`` (e.g. "phantom-7-0003")."""
@@ -94,6 +102,7 @@ __all__ = [
     "GRADES",
     "PRESETS",
     "QUALITY_GRADES",
+    "REPRODUCES_DEFAULT_COHORTS_OF",
     "PhantomCase",
     "PhantomTruth",
     "blur_sigmas",
