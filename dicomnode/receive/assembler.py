@@ -145,6 +145,8 @@ class Assembler:
     def _import_annotations(self, series_ids: list[int]) -> None:
         """SR series just completed may be hinge-point corrections sent back from a viewer:
         import them as annotations (refusals are events; a failure never stops the sweep)."""
+        if not series_ids:
+            return
         from dicomnode.learn.annotations import import_received_series
 
         with self.sessions() as s:
