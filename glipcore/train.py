@@ -20,7 +20,7 @@ import json
 import math
 import platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -129,7 +129,8 @@ class TrainConfig(BaseModel):
     init_from: Path | None = Field(
         None,
         description="a bundle folder whose weights (fold f, else its last fold) start each "
-        "fold: fine-tuning; the model config must match the bundle's",
+        "fold: fine-tuning; the model config must match the bundle's except the landmarks: "
+        "landmarks the bundle predicts keep their output channel, new ones start fresh",
     )
     data: DataConfig
     preprocessing: Preprocessing = Preprocessing()
@@ -290,7 +291,9 @@ def train_fold(
     torch.manual_seed(seed)
     model = build_unet(cfg.model)
     if cfg.init_from is not None:
-        model.load_state_dict(initial_weights(cfg.init_from, fold))
+        model.load_state_dict(
+            initial_weights(cfg.init_from, fold, cfg.landmarks, model.state_dict())
+        )
     model = model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
@@ -407,12 +410,38 @@ def train_fold(
     return FoldResult(fold, best[1], best[0], best_state, best_errors, history)
 
 
-def initial_weights(bundle_dir: Path, fold: int) -> dict[str, torch.Tensor]:
-    """Fold ``fold``'s weights of a verified bundle (its last fold when it has fewer)."""
+def initial_weights(
+    bundle_dir: Path,
+    fold: int,
+    landmarks: Sequence[str] | None = None,
+    fresh: Mapping[str, torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Fold ``fold``'s weights of a verified bundle (its last fold when it has fewer).
+
+    With ``landmarks`` (the new model's channel order) that differ from the bundle's, the
+    output head is remapped by name: a landmark the bundle predicts keeps its head row, a
+    new one takes its row from ``fresh`` (the new model's own initial weights). This is how
+    a five-landmark model starts from a three-landmark one: its hinge channels begin where
+    the old model ended instead of competing from scratch with the new ones.
+    """
     from glipcore.bundle import load_bundle
 
-    models = load_bundle(Path(bundle_dir)).models
-    return dict(models[min(fold, len(models) - 1)].state_dict())
+    bundle = load_bundle(Path(bundle_dir))
+    state = dict(bundle.models[min(fold, len(bundle.models) - 1)].state_dict())
+    old = tuple(bundle.manifest.landmarks)
+    if landmarks is None or tuple(landmarks) == old:
+        return state
+    if fresh is None:
+        raise ValueError("remapping the head to new landmarks needs the new model's weights")
+    for key in _HEAD_KEYS:
+        rows = [
+            state[key][old.index(n)] if n in old else fresh[key][i] for i, n in enumerate(landmarks)
+        ]
+        state[key] = torch.stack(rows).clone()
+    return state
+
+
+_HEAD_KEYS = ("head.weight", "head.bias")
 
 
 def _write_log(out_dir: Path, history: list[dict[str, float]]) -> None:

@@ -26,7 +26,7 @@ from glipcore.train import (
     initial_weights,
     train_fold,
 )
-from glipcore.unet import UNetConfig
+from glipcore.unet import UNetConfig, build_unet
 from tests.toy_cases import toy_bundle, toy_cases
 
 TINY = UNetConfig(widths=(2, 4), out_channels=3)
@@ -67,6 +67,24 @@ def test_fine_tuning_starts_from_the_bundle_weights(tmp_path: Path) -> None:
     expected = load_bundle(active).models[0].state_dict()
     got = initial_weights(active, fold=3)  # the bundle has one fold: its last
     assert all(torch.equal(got[k], expected[k]) for k in expected)
+
+
+def test_fine_tuning_to_more_landmarks_keeps_the_known_channels(tmp_path: Path) -> None:
+    active = toy_bundle(tmp_path / "active", widths=(2, 4))  # RCC, LCC, NCC
+    old = load_bundle(active).models[0].state_dict()
+    five = ("RCC", "LCO", "LCC", "NCC", "RCO")  # new channels anywhere in the order
+    torch.manual_seed(5)
+    fresh = build_unet(UNetConfig(widths=(2, 4), out_channels=5)).state_dict()
+    got = initial_weights(active, 0, five, fresh)
+    for new_i, old_i in ((0, 0), (2, 1), (3, 2)):
+        assert torch.equal(got["head.weight"][new_i], old["head.weight"][old_i])
+        assert torch.equal(got["head.bias"][new_i], old["head.bias"][old_i])
+    for new_i in (1, 4):
+        assert torch.equal(got["head.weight"][new_i], fresh["head.weight"][new_i])
+    assert torch.equal(got["encoders.0.0.weight"], old["encoders.0.0.weight"])
+    build_unet(UNetConfig(widths=(2, 4), out_channels=5)).load_state_dict(got)
+    with pytest.raises(ValueError, match="new model's weights"):
+        initial_weights(active, 0, five)
 
 
 def test_the_best_checkpoint_becomes_a_verified_bundle(tmp_path: Path) -> None:
