@@ -30,7 +30,7 @@ def measure(
     model: Path, folder: Path, threads: int, repeats: int, channels_last: bool
 ) -> tuple[dict[str, float], np.ndarray, str]:
     """Median seconds per stage, the last prediction's landmarks, the model version."""
-    predictor = Predictor(model, threads=threads, channels_last=channels_last)
+    predictor = Predictor(model, threads=threads, channels_last=channels_last, tta_passes=0)
     rows = []
     for _ in range(repeats):
         t0 = time.perf_counter()

@@ -105,7 +105,9 @@ def measure(
     ``to_model_grid`` alone and of ``Predictor.predict`` (each from a reset)."""
     base = rss_bytes()
     vol = Volume(array=np.load(array_path), affine=affine)
-    predictor = Predictor(model, threads=threads, slab_z=slab_z, halo_z=DEFAULT_HALO_Z)
+    predictor = Predictor(
+        model, threads=threads, slab_z=slab_z, halo_z=DEFAULT_HALO_Z, tta_passes=0
+    )
     loaded = rss_bytes()
     ok = reset_peak()
     grid = to_model_grid(vol, predictor.bundle.manifest.preprocessing)

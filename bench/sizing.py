@@ -14,6 +14,9 @@ Three ways to size each case, all in the same run:
 Area and perimeter errors are in % of the truth, diameters in mm (area-derived,
 perimeter-derived, minimum and maximum against the ellipse's minor and major axes);
 median, third quartile and worst of the absolute errors, and the median signed error.
+With a five-landmark model, the coronary ostia too: the height of each ostium's centre above
+the predicted annulus plane (along its normal) against the phantom's height, and the
+ostium's position error.
 
     python -m bench.sizing [--cases 10] [--preset full] [--seed 990300]
         [--model models/phantom-glip] [--threads 2]
@@ -25,19 +28,21 @@ import argparse
 import math
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from glipcore import phantom
+from glipcore import OSTIA, phantom
+from glipcore.evaluate import ostium_heights
 from glipcore.geometry import FloatArray, Plane
 from glipcore.phantom import PhantomTruth
-from glipcore.predict import Predictor
+from glipcore.predict import Prediction, Predictor
 from glipcore.sizing import AnnulusSizing, size_annulus
 
 GOAL_AREA_PCT = 3.0
 GOAL_PERIMETER_PCT = 2.0
+GOAL_HEIGHT_MM = 1.5
 METHODS = ("predicted plane", "truth plane", "peer: hinge circle")
 CALCIUM_VARIANTS = (("none", False), ("heavy", True))
 """(calcium level, hinge calcium): without calcium at the annulus, and with it."""
@@ -120,6 +125,10 @@ class CaseResult:
     calcified: bool
     errors: dict[str, dict[str, float] | None]
     refusals: dict[str, str]
+    ostia: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Per coronary ostium the model predicts: signed height error (mm, predicted height
+    above the predicted annulus plane minus the phantom's height above its annulus) and
+    the ostium's position error (mm)."""
 
 
 def run_case(
@@ -147,8 +156,30 @@ def run_case(
             refusals[method] = f"{res.reason}: {res.detail}"
     if pred.hinge_plane is not None:
         out["peer: hinge circle"] = errors(circle_sizes(pred.points()), ref)
+    ostia = ostium_errors(pred, truth)
     label = f"{phantom.case_id(seed, index)} grade {truth.quality} calcium {calcium}"
-    return CaseResult(label + (" + hinge" if hinge else ""), calcium != "none", out, refusals)
+    return CaseResult(
+        label + (" + hinge" if hinge else ""), calcium != "none", out, refusals, ostia
+    )
+
+
+TRUTH_HEIGHT_KEYS = {"LCO": "left_ostium_height_mm", "RCO": "right_ostium_height_mm"}
+
+
+def ostium_errors(pred: Prediction, truth: PhantomTruth) -> dict[str, dict[str, float]]:
+    """Height error (the ostium centre's distance to the annulus plane along its normal,
+    predicted minus truth) and position error of each ostium the model predicts."""
+    names = tuple(pred.names)
+    heights = ostium_heights(names, pred.landmarks_lps)
+    truth_points = dict(zip(OSTIA, truth.ostia_lps, strict=True))
+    out = {}
+    for n, h in heights.items():
+        p = pred.landmarks_lps[names.index(n)]
+        out[n] = {
+            "height": h - truth.measurements[TRUTH_HEIGHT_KEYS[n]],
+            "position": float(np.linalg.norm(p - truth_points[n])),
+        }
+    return out
 
 
 def _stats(values: Sequence[float]) -> tuple[float, float, float, float]:
@@ -190,6 +221,32 @@ def median_abs(results: Sequence[CaseResult], method: str, key: str) -> float:
     return float(np.median(vals)) if vals else float("nan")
 
 
+def ostium_table(results: Sequence[CaseResult]) -> str:
+    """Per ostium: height error and position error (median, q3, worst |e|, median e)."""
+    names = sorted({n for r in results for n in r.ostia})
+    if not names:
+        return "coronary ostia: the model does not predict them"
+    lines = [
+        f"{'ostium':<20} {'measure':<12} {'n':>3} {'median':>7} {'q3':>7} {'worst':>7} {'bias':>7}"
+    ]
+    for n in names:
+        for key, label in (("height", "height mm"), ("position", "position mm")):
+            vals = [r.ostia[n][key] for r in results if n in r.ostia]
+            vals = [v for v in vals if math.isfinite(v)]
+            if not vals:
+                lines.append(f"{n:<20} {label:<12} (degenerate plane in every case)")
+                continue
+            med, q3, worst, bias = _stats(vals)
+            lines.append(
+                f"{n:<20} {label:<12} {len(vals):>3} {med:7.2f} {q3:7.2f} {worst:7.2f} {bias:+7.2f}"
+            )
+    lines.append(
+        f"  ostium height goal: median |error| <= {GOAL_HEIGHT_MM:g} mm (height = ostium centre "
+        "to the annulus plane along its normal)"
+    )
+    return "\n".join(lines)
+
+
 def summary(results: Sequence[CaseResult]) -> str:
     """The goals and the ratios against the peer."""
     out = []
@@ -220,7 +277,7 @@ def summary(results: Sequence[CaseResult]) -> str:
 
 def run(cases: int, preset: str, seed: int, model: Path, threads: int) -> list[CaseResult]:
     """Run the bench and print its table; returns the per-case results."""
-    predictor = Predictor(model, threads=threads)
+    predictor = Predictor(model, threads=threads, tta_passes=0)
     results: list[CaseResult] = []
     t0 = time.perf_counter()
     for index, calcium, hinge in held_out_cases(cases, seed):
@@ -243,6 +300,7 @@ def run(cases: int, preset: str, seed: int, model: Path, threads: int) -> list[C
     )
     print(table(results))
     print(summary(results))
+    print(ostium_table(results))
     return results
 
 

@@ -1,10 +1,11 @@
-"""The ``glip`` command: phantoms, training, evaluation and prediction."""
+"""The ``glip`` command: phantoms, training, evaluation, prediction and the paper's experiments."""
 
 from __future__ import annotations
 
 import typer
 
 from glipcore import model_cli, phantom_cli
+from glipcore.experiment import cli as experiment_cli
 
 app = typer.Typer(
     name="glip",
@@ -24,6 +25,7 @@ app.command("train")(model_cli.train)
 app.command("evaluate")(model_cli.evaluate)
 app.command("predict")(model_cli.predict)
 app.command("phantom")(phantom_cli.phantom)
+app.add_typer(experiment_cli.app, name="experiment")
 
 
 def main() -> None:

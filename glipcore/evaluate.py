@@ -264,7 +264,7 @@ def evaluate(
 ) -> dict[str, Any]:
     """Evaluate a bundle on a manifest's cases (loaded through the volume loaders)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    predictor = Predictor(bundle, threads=threads)
+    predictor = Predictor(bundle, threads=threads, tta_passes=0)  # landmarks only
     offsets = _naive_offsets(predictor, bundle)
     rows = read_manifest(manifest)
     if not rows:

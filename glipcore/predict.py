@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from glipcore import LANDMARKS
+from glipcore import confidence as tta
 from glipcore.bundle import Bundle, load_bundle
 from glipcore.decode import argmax_ijk, peak_coherence, peak_sharpness, refine_ijk
 from glipcore.geometry import FloatArray, Plane, ijk_to_lps, plane_or_none
@@ -111,14 +112,21 @@ class LandmarkConfidence:
     ``fold_spread_mm``: RMS distance of the fold models' predictions from the ensemble's
     (0 with a single fold); ``sharpness``: the ensemble peak's height above its
     neighbourhood in robust-spread units; ``coherence``: how cleanly the values fall off
-    around the peak (1 = one clean peak; reported, not scored); ``score`` in [0, 1]:
-    exp(-spread / 2 mm) * min(1, sharpness / sharpness_ref).
+    around the peak (1 = one clean peak; reported, not scored); ``tta_spread_mm``: RMS
+    distance of the test-time-augmentation passes' predictions from the final one
+    (``tta_passes`` of them; see :mod:`glipcore.confidence`); ``score`` in [0, 1]: the
+    calibrated probability that the landmark is within 2 mm (:func:`confidence.score`);
+    ``peak_score``: the former score, exp(-fold spread / 2 mm) * min(1, sharpness /
+    sharpness_ref), kept for comparison.
     """
 
     fold_spread_mm: float
     sharpness: float
     coherence: float
     score: float
+    tta_spread_mm: float = 0.0
+    tta_passes: int = 0
+    peak_score: float | None = None
 
 
 class DegeneratePredictionError(ValueError):
@@ -187,6 +195,9 @@ class Prediction:
                     "fold_spread_mm": round(c.fold_spread_mm, 3),
                     "sharpness": round(c.sharpness, 3),
                     "coherence": round(c.coherence, 3),
+                    "tta_spread_mm": round(c.tta_spread_mm, 3),
+                    "tta_passes": c.tta_passes,
+                    "peak_score": None if c.peak_score is None else round(c.peak_score, 3),
                 }
                 for n, c in zip(self.names, self.confidence, strict=True)
             },
@@ -217,10 +228,36 @@ def _confidence(
     *,
     sharpness_ref: float = SHARPNESS_REF,
     spread_scale_mm: float = 2.0,
+    n_folds: int = 1,
 ) -> LandmarkConfidence:
+    """Confidence without TTA: the calibrated score from fold spread and sharpness (the
+    sharpness-only calibration when there is one fold), and the former peak score."""
     sharp = max(0.0, min(1.0, sharpness / sharpness_ref))
-    score = float(np.exp(-spread_mm / spread_scale_mm) * sharp)
-    return LandmarkConfidence(spread_mm, sharpness, coherence, score)
+    peak = float(np.exp(-spread_mm / spread_scale_mm) * sharp)
+    score = tta.score(spread_mm, 0.0, sharpness, sharpness_ref=sharpness_ref, n_folds=n_folds)
+    return LandmarkConfidence(spread_mm, sharpness, coherence, score, peak_score=peak)
+
+
+def with_tta(
+    conf: LandmarkConfidence, tta_spread_mm: float, passes: int, *, sharpness_ref: float
+) -> LandmarkConfidence:
+    """``conf`` with the TTA spread of ``passes`` passes and the score recomputed."""
+    s = tta.score(
+        conf.fold_spread_mm,
+        tta_spread_mm,
+        conf.sharpness,
+        sharpness_ref=sharpness_ref,
+        tta_passes=passes,
+    )
+    return LandmarkConfidence(
+        conf.fold_spread_mm,
+        conf.sharpness,
+        conf.coherence,
+        s,
+        tta_spread_mm=tta_spread_mm,
+        tta_passes=passes,
+        peak_score=conf.peak_score,
+    )
 
 
 def decode_ensemble(
@@ -245,7 +282,9 @@ def decode_ensemble(
     sharp = peak_sharpness(mean_map).numpy()
     coh = peak_coherence(mean_map).numpy()
     conf = [
-        _confidence(float(s), float(h), float(c), sharpness_ref=sharpness_ref)
+        _confidence(
+            float(s), float(h), float(c), sharpness_ref=sharpness_ref, n_folds=stack.shape[0]
+        )
         for s, h, c in zip(spread, sharp, coh, strict=True)
     ]
     return final, arg, per_fold, conf
@@ -263,7 +302,17 @@ class Predictor:
         slab_z: int = DEFAULT_SLAB_Z,
         halo_z: int = DEFAULT_HALO_Z,
         channels_last: bool | None = None,
+        tta_passes: int = tta.DEFAULT_TTA_PASSES,
+        tta_box: bool = False,
     ) -> None:
+        """``tta_passes``: extra network runs (0 to 4) on augmented copies of the model-grid
+        volume, for the confidence only (they never move the landmarks); ``tta_box``: run
+        them on a box around the predicted landmarks instead (cheaper on long scans, but a
+        weaker signal on the phantoms). ``python -m bench.confidence`` measures both."""
+        if not 0 <= tta_passes <= len(tta.TTA_PASSES):
+            raise ValueError(f"tta_passes must be 0..{len(tta.TTA_PASSES)}, got {tta_passes}")
+        self.tta_passes = tta_passes
+        self.tta_box = tta_box
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(Path(bundle))
         self.device = pick_device(device)
         if self.device.type == "cpu":
@@ -296,17 +345,7 @@ class Predictor:
         m = self.bundle.manifest
         t1 = time.perf_counter()
         image = torch.from_numpy(np.ascontiguousarray(grid.array, dtype=np.float32))
-        maps = [
-            infer_heatmaps(
-                model,
-                image,
-                slab_z=self.slab_z,
-                halo_z=self.halo_z,
-                device=self.device,
-                channels_last=self.channels_last,
-            )
-            for model in self.models
-        ]
+        maps = [self._fold_heatmaps(image, f) for f in range(len(self.models))]
         t2 = time.perf_counter()
         final, arg, per_fold, conf = decode_ensemble(
             maps,
@@ -316,6 +355,23 @@ class Predictor:
             sharpness_ref=float(m.metadata.get("sharpness_ref", SHARPNESS_REF)),
         )
         t3 = time.perf_counter()
+        timings = {"inference": t2 - t1, "decode": t3 - t2}
+        if self.tta_passes:
+            ref = float(m.metadata.get("sharpness_ref", SHARPNESS_REF))
+            pts = tta.tta_points(
+                grid,
+                self._fold_heatmaps,
+                tta.TTA_PASSES[: self.tta_passes],
+                n_folds=len(self.models),
+                refine=m.refine,
+                around_lps=final if self.tta_box else None,
+            )
+            spread = tta.rms_spread_mm(pts, final)
+            conf = [
+                with_tta(c, float(s), self.tta_passes, sharpness_ref=ref)
+                for c, s in zip(conf, spread, strict=True)
+            ]
+            timings["confidence_tta"] = time.perf_counter() - t3
         names = tuple(m.landmarks)
         return Prediction(
             names=names,
@@ -325,5 +381,15 @@ class Predictor:
             hinge_plane=plane_or_none(pick(names, final, LANDMARKS)),
             confidence=tuple(conf),
             model_version=self.bundle.version,
-            timings_s={"inference": t2 - t1, "decode": t3 - t2},
+            timings_s=timings,
+        )
+
+    def _fold_heatmaps(self, image: torch.Tensor, fold: int) -> torch.Tensor:
+        return infer_heatmaps(
+            self.models[fold],
+            image,
+            slab_z=self.slab_z,
+            halo_z=self.halo_z,
+            device=self.device,
+            channels_last=self.channels_last,
         )

@@ -1,0 +1,152 @@
+"""The pieces of ``glip experiment`` that need no training: run normalisation and keys,
+the pilot's choice, the stratified test set, the statistics and the store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from glipcore.experiment.budget import Budget, HeldOutSpec
+from glipcore.experiment.keys import code_hash, run_key
+from glipcore.experiment.plan import pilot_choice
+from glipcore.experiment.spec import RunSpec
+from glipcore.experiment.stats import bootstrap_median, paired_difference, share_better
+from glipcore.experiment.store import Store
+
+
+def test_equal_runs_resolve_to_one_name_and_key() -> None:
+    ot = RunSpec(loss="ot", lam=3, variant="paper").resolve(None)
+    glip0 = RunSpec(loss="glip", lam=0).resolve(None)
+    assert ot == glip0 and ot is not None and ot.name == "ot-s1-seed0"
+    wce = RunSpec(loss="wce", lam=10).resolve(None)
+    assert wce is not None and wce.lam == 0 and wce.name == "wce-s1-seed0"
+    gp = RunSpec(loss="WCE+GP", lam=10).resolve(None)
+    assert gp is not None and gp.name == "wce-gp-s1-l10-seed0" and gp.label == "WCE+GP"
+    assert RunSpec(loss="best-baseline").resolve(None) is None
+    best = RunSpec(loss="best-baseline").resolve("mse")
+    assert best is not None and best.loss == "mse"
+    with pytest.raises(ValueError, match="unknown loss"):
+        RunSpec(loss="glip+gp")
+
+
+def test_keys_change_with_config_generator_and_code(tmp_path: Path) -> None:
+    cfg = {"a": 1, "b": [1, 2]}
+    k = run_key(cfg, "gen/1", "code")
+    assert k == run_key({"b": [1, 2], "a": 1}, "gen/1", "code") and len(k) == 12
+    assert (
+        len(
+            {
+                k,
+                run_key({**cfg, "a": 2}, "gen/1", "code"),
+                run_key(cfg, "gen/2", "code"),
+                run_key(cfg, "gen/1", "other"),
+            }
+        )
+        == 4
+    )
+    src = tmp_path / "pkg"
+    (src / "phantom").mkdir(parents=True)
+    (src / "losses.py").write_text("x = 1\n")
+    (src / "phantom" / "anatomy.py").write_text("y = 1\n")
+    (src / "report_only.py").write_text("z = 1\n")
+    h = code_hash(src)
+    (src / "report_only.py").write_text("z = 2\n")  # not a file that affects results
+    assert code_hash(src) == h
+    (src / "phantom" / "anatomy.py").write_text("y = 2\n")
+    assert code_hash(src) != h
+
+
+class _Curve:
+    def __init__(self, steps: list[int], med: list[float]) -> None:
+        self.steps, self.med = np.array(steps, float), np.array(med)
+
+    def curve_column(self, name: str) -> np.ndarray:
+        return self.steps if name == "step" else self.med
+
+
+def test_pilot_picks_the_first_step_every_seed_reaches() -> None:
+    a = _Curve([200, 400, 600], [3.0, 1.4, 1.0])
+    b = _Curve([200, 400, 600], [2.0, 1.6, 1.2])
+    steps, note = pilot_choice([a, b], 1.5, 600)  # type: ignore[list-item]
+    assert steps == 600 and "step 600" in note
+    steps, note = pilot_choice([a, b], 1.0, 600)  # type: ignore[list-item]
+    assert steps == 600 and "no step" in note and "1.20" in note
+    steps, _ = pilot_choice([a], 1.5, 600)  # type: ignore[list-item]
+    assert steps == 400
+
+
+def test_test_set_is_stratified_and_disjoint_from_training() -> None:
+    from glipcore.experiment.testset import stratified_indices
+    from glipcore.phantom import random_case
+
+    spec = HeldOutSpec(seed=515151, per_grade=3)
+    idx = stratified_indices(spec)
+    grades = [random_case(spec.seed, i).quality for i in idx]
+    assert sorted(set(grades)) == ["1", "2", "3+", "3-", "4"]
+    assert all(grades.count(g) == 3 for g in set(grades)) and len(idx) == 15
+    assert Budget(name="x").train.seed != Budget(name="x").test.seed
+
+
+def test_bootstrap_intervals_and_paired_differences() -> None:
+    rng = np.random.default_rng(1)
+    a = rng.gamma(2.0, 0.5, size=(40, 3))
+    b = a + 0.8  # worse by 0.8 mm everywhere
+    m = bootstrap_median(a)
+    assert m.low <= m.value <= m.high and m.value == pytest.approx(np.median(a))
+    d = paired_difference(a, b)
+    assert d.value == pytest.approx(-0.8) and d.high < 0
+    assert share_better(a, b) == 1.0
+    noisy = paired_difference(a, a[::-1])
+    assert noisy.low < 0 < noisy.high
+    with pytest.raises(ValueError, match="shape"):
+        paired_difference(a, a[:10])
+
+
+def test_store_writes_atomically_and_finds_by_key(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    assert store.find("abc") is None and store.keys() == set()
+    rows = [{"case_id": "c1", "RCC_mm": 1.5, "plane_mm": float("nan"), "failed": True}]
+    folder = store.write("glip-s1", "abc", {"key": "abc", "test": {}}, rows, [{"step": 2}])
+    assert folder.name == "glip-s1-abc" and store.find("abc") == folder
+    res = store.load("abc")
+    assert res is not None and res.cases[0]["failed"] == "1"
+    assert np.isnan(res.column("plane_mm")[0]) and res.column("RCC_mm")[0] == 1.5
+    assert store.keys() == {"abc"} and not list(tmp_path.rglob("*.tmp"))
+
+
+def test_second_stage_patch_targets_sit_on_the_truth(tmp_path: Path) -> None:
+    """A disturbed training patch's heatmap peaks where the truth is, and a network whose
+    output is that heatmap is decoded back onto the truth (the patch geometry is right)."""
+    import torch
+
+    from glipcore.geometry import ijk_to_lps
+    from glipcore.second_stage import Patch, StageTwoConfig, _sample, predict_patches
+
+    cfg = StageTwoConfig(patch_vox=16, disturbance_vox=3, spacing_mm=0.5, sigma_mm=1.0)
+    truth = np.array([10.3, -4.1, 20.7])
+    centre = truth + np.array([1.2, -0.9, 0.4])  # a first-stage miss within reach
+    region = np.zeros((cfg.region_vox,) * 3, dtype=np.float32)
+    patch = Patch("phantom-1-0001", 1, centre, truth, region, cfg.spacing_mm)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        _, heat, known = _sample(patch, cfg, rng)
+        assert known.tolist() == [False, True, False] and float(heat[0].abs().max()) == 0
+        assert float(heat[1].max()) > 0.5  # the truth is inside every disturbed crop
+
+    class Oracle(torch.nn.Module):
+        """Outputs the truth's heatmap on the central patch (what a perfect net would)."""
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            from glipcore.heatmap import gaussian_heatmaps
+
+            off = (cfg.region_vox - cfg.patch_vox) // 2
+            a = np.array(patch.affine(), dtype=np.float64)
+            a[:3, 3] += a[:3, :3] @ np.full(3, float(off))
+            h = gaussian_heatmaps((cfg.patch_vox,) * 3, a, truth[None], cfg.sigma_mm)
+            return h.repeat(3, 1, 1, 1)[None]
+
+    pred = predict_patches(Oracle(), [patch], cfg, torch.device("cpu"))
+    assert np.linalg.norm(pred[0] - truth) < 0.1
+    assert ijk_to_lps(patch.affine(), np.zeros(3)).shape == (3,)
