@@ -12,7 +12,9 @@ from typer.testing import CliRunner
 
 from dicomnode.cli import app
 from dicomnode.config import NodeConfig
+from dicomnode.operate import demo_cli
 from dicomnode.operate.demo import run_demo
+from dicomnode.operate.demo_cli import print_result
 
 
 def test_demo_flow_and_status(tmp_path: Path) -> None:
@@ -28,6 +30,16 @@ def test_demo_flow_and_status(tmp_path: Path) -> None:
     assert len(r.delivered) == 5  # SR, SEG, three key images
     assert r.sr_path and Path(r.sr_path).exists()
     assert len(r.pngs) == 3 and all(Path(p).exists() for p in r.pngs)
+    # Annulus sizing next to the phantom truth (a three-landmark model: no ostium heights).
+    m = r.result["measurements"]
+    truth_area = r.truth_measurements["annulus_area_mm2"]
+    assert abs(m["annulus_area_mm2"] / truth_area - 1.0) < 0.15, m
+    assert r.truth_measurements["lco_height_mm"] > 0 and r.ostia_errors_mm == {}
+    with demo_cli.out.capture() as captured:
+        print_result(r)
+    text = captured.get()
+    assert f"{m['annulus_area_mm2']:.0f} mm²" in text and f"{truth_area:.0f} mm²" in text
+    assert "LCO height (centre)" in text and "not predicted" in text
     # What the operator sees afterwards: the study delivered.
     cfg_file = tmp_path / "node.yaml"
     cfg_file.write_text(yaml.safe_dump({"var_dir": str(tmp_path / "var")}))

@@ -67,3 +67,30 @@ def test_impossible_geometry_is_withheld_by_default_low_confidence_flagged() -> 
 def test_the_old_single_action_is_refused_with_the_new_names() -> None:
     with pytest.raises(ValidationError, match="geometry_action"):
         PlausibilityConfig.model_validate({"action": "flag"})
+
+
+@pytest.mark.parametrize(
+    ("landmarks", "words"),
+    [
+        ({**GOOD, "LCC": GOOD["RCC"] + np.array([0.2, 0.0, 0.0])}, "RCC and LCC lie on one spot"),
+        ({**GOOD, "NCC": 2 * GOOD["LCC"] - GOOD["RCC"]}, "collinear"),
+        ({**GOOD, "NCC": np.array([np.nan, 0.0, 0.0])}, "not a finite position"),
+    ],
+)
+def test_degenerate_prediction_is_withheld_whatever_the_actions(
+    landmarks: dict[str, np.ndarray], words: str
+) -> None:
+    cfg = PlausibilityConfig(geometry_action="flag", confidence_action="flag")
+    r = gate(landmarks, TILTED, SPREAD, CONF, cfg)
+    assert r.status == "withheld" and r.degenerate
+    assert words in r.findings[0] and r.findings[0].startswith("degenerate prediction")
+
+
+def test_no_plane_is_withheld_even_for_a_proper_triangle() -> None:
+    r = gate(GOOD, None, SPREAD, {**CONF, "RCC": 0.1}, PlausibilityConfig())
+    assert r.status == "withheld" and r.degenerate
+    assert r.findings == (
+        "degenerate prediction: no annulus plane through the hinge points",
+        "RCC: confidence 0.10 below 0.4",
+    )
+    assert not gate(GOOD, TILTED, SPREAD, CONF, PlausibilityConfig()).degenerate

@@ -62,7 +62,15 @@ def test_worker_processes_a_job(rig_factory: Any, fast_case: tuple[list[Path], A
         assert np.all(euclidean_errors(pts, truth.landmarks_lps) < 4.0)
         assert res.status in ("ok", "flagged")
         assert res.model_version and res.model_version.startswith("phantom-glip-")
-        assert {"load", "resample", "inference", "decode", "encode"} <= set(res.timings or {})
+        assert {"load", "resample", "inference", "decode", "sizing", "encode"} <= set(
+            res.timings or {}
+        )
+        # The annulus sized on the predicted plane; a three-landmark model has no ostia.
+        m = res.measurements or {}
+        assert abs(m["annulus_area_mm2"] / truth.annulus_area_mm2 - 1.0) < 0.15, m
+        assert m["annulus_min_diameter_mm"] <= m["annulus_max_diameter_mm"]
+        assert "annulus_sizing_refusal" not in m and "lco_height_mm" not in m
+        assert len((res.outputs or {})["keyimage"]) == 3
         outputs = res.outputs or {}
         for kind in ("sr", "seg", "keyimage"):
             assert outputs.get(kind), kind

@@ -1,15 +1,19 @@
-"""The worker with a five-landmark bundle: the outputs get the hinge points by name.
+"""The worker with a five-landmark bundle: the outputs get the hinge points by name, and
+the ostia (points, heights, long-axis key images) next to the annulus sizing.
 
 The bundle is the shipped model with its output channels reordered and two extra ones
 (copies of NCC and LCC) standing in for the ostia, so its hinge channels predict exactly
-what the shipped model does, while the first three channels are not the hinges."""
+what the shipped model does, while the first three channels are not the hinges; its
+"ostia" lie on the hinge plane (height 0)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+import highdicom as hd
 import numpy as np
+import pytest
 from sqlalchemy import select
 
 from dicomnode.db.models import Result
@@ -69,3 +73,17 @@ def test_worker_gives_the_outputs_the_hinge_points_by_name(
         assert lms["LCO"] == lms["NCC"] and lms["RCO"] == lms["LCC"]  # copied channels
         outputs = res.outputs or {}
         assert all(outputs.get(kind) for kind in ("sr", "seg", "keyimage")), outputs
+        m = res.measurements or {}
+        assert m["lco_height_mm"] == pytest.approx(0.0, abs=1e-3)  # the NCC copy: on the plane
+        assert m["rco_height_mm"] == pytest.approx(0.0, abs=1e-3)
+        assert abs(m["annulus_area_mm2"] / truth.annulus_area_mm2 - 1.0) < 0.15, m
+        assert "sizing" in (res.timings or {})
+        assert [Path(p).name for p in outputs["png"]][-2:] == ["ostium-LCO.png", "ostium-RCO.png"]
+        assert len(outputs["keyimage"]) == 5
+    sr = hd.sr.srread(outputs["sr"][0]["path"])
+    report = hd.sr.MeasurementReport.from_sequence(sr.content)
+    groups = {g.tracking_identifier: g for g in report.get_planar_roi_measurement_groups()}
+    assert {"Aortic annulus", "Left coronary ostium", "Right coronary ostium"} <= set(groups)
+    lco = groups["Left coronary ostium"].roi
+    assert lco is not None
+    np.testing.assert_allclose(lco.value[0], lms["LCO"], atol=1e-3)

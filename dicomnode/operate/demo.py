@@ -4,11 +4,14 @@ A phantom CT study (ground truth known) is generated in a temporary folder and s
 C-STORE to the node running on loopback (SCP, assembler, worker, delivery) with the
 configured database and archive (default: SQLite and a local archive under ./var) and the
 shipped phantom model. Results go to a local PACS (Orthanc when installed, else a
-built-in storage SCP); the demo then prints predicted vs true hinge points.
+built-in storage SCP); the demo then prints predicted vs true hinge points, and the
+annulus sizing and coronary ostium heights next to the phantom's truth (the ostia when the
+model predicts them).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import tempfile
@@ -31,9 +34,11 @@ from dicomnode.deliver.states import DeliveryState
 from dicomnode.operate.embedded import EmbeddedNode
 from dicomnode.operate.localpacs import dcmtk_tool, start_local_pacs
 from dicomnode.process.jobs import JobState
+from dicomnode.process.result_keys import OSTIUM_NAMES, height_key
 from glipcore import LANDMARKS, phantom
 from glipcore.dicomwrite import SeriesMeta, write_ct_series
 from glipcore.metrics import euclidean_errors, plane_angle
+from glipcore.phantom import PhantomTruth
 
 DEMO_CALLING_AE = "GLIPDEMO"
 DEMO_DESTINATION = "demo-pacs"
@@ -61,6 +66,40 @@ class DemoResult:
     pngs: list[str]
     sr_path: str | None
     stage_s: dict[str, float] = field(default_factory=dict)
+    truth_measurements: dict[str, float] = field(default_factory=dict)
+    """The phantom's annulus sizing and ostium heights, keyed like the result's
+    measurements (:func:`truth_measurements`)."""
+    ostia_errors_mm: dict[str, float] = field(default_factory=dict)
+    """Distance of each predicted ostium from the phantom's (mm); empty without ostia."""
+
+
+def truth_measurements(truth: PhantomTruth) -> dict[str, float]:
+    """The phantom's analytic annulus (ellipse) measured like the node measures its
+    contour, and its ostium heights (ostium centre above the annulus plane, along the
+    normal), keyed like a result's measurements."""
+    major, minor = truth.annulus_major_mm, truth.annulus_minor_mm
+    area, perimeter = truth.annulus_area_mm2, truth.annulus_perimeter_mm
+    return {
+        "annulus_area_mm2": area,
+        "annulus_perimeter_mm": perimeter,
+        "annulus_area_diameter_mm": 2.0 * math.sqrt(area / math.pi),
+        "annulus_perimeter_diameter_mm": perimeter / math.pi,
+        "annulus_min_diameter_mm": minor,
+        "annulus_max_diameter_mm": major,
+        "annulus_eccentricity": math.sqrt(max(0.0, 1.0 - (minor / major) ** 2)),
+        height_key("LCO"): float(truth.measurements["left_ostium_height_mm"]),
+        height_key("RCO"): float(truth.measurements["right_ostium_height_mm"]),
+    }
+
+
+def ostia_errors(landmarks: dict[str, Any], truth: PhantomTruth) -> dict[str, float]:
+    """Distance (mm) of each predicted coronary ostium from the phantom's."""
+    out = {}
+    for i, name in enumerate(OSTIUM_NAMES):  # truth.ostia_lps rows: left, right
+        if name in landmarks:
+            got = np.asarray(landmarks[name], dtype=float)
+            out[name] = float(np.linalg.norm(got - truth.ostia_lps[i]))
+    return out
 
 
 def demo_config(base: NodeConfig, pacs_ae: str, pacs_port: int) -> NodeConfig:
@@ -239,6 +278,8 @@ def run_demo(
             pngs=list(outputs.get("png") or []),
             sr_path=sr[0]["path"] if sr else None,
             stage_s=stages,
+            truth_measurements=truth_measurements(truth),
+            ostia_errors_mm=ostia_errors(result["landmarks_lps"] or {}, truth),
         )
     finally:
         pacs.stop()
@@ -248,7 +289,9 @@ __all__ = [
     "DemoError",
     "DemoResult",
     "demo_config",
+    "ostia_errors",
     "run_demo",
     "send_series",
+    "truth_measurements",
     "wait_delivered",
 ]

@@ -106,6 +106,49 @@ def _fmt(p: object) -> str:
     return f"{x:6.1f} {y:6.1f} {z:6.1f}"
 
 
+ANNULUS_ROWS = (
+    ("annulus area", "annulus_area_mm2", "mm²", 0),
+    ("annulus perimeter", "annulus_perimeter_mm", "mm", 1),
+    ("area-derived diameter", "annulus_area_diameter_mm", "mm", 1),
+    ("perimeter-derived diameter", "annulus_perimeter_diameter_mm", "mm", 1),
+    ("minimum diameter", "annulus_min_diameter_mm", "mm", 1),
+    ("maximum diameter", "annulus_max_diameter_mm", "mm", 1),
+    ("eccentricity", "annulus_eccentricity", "", 2),
+)
+"""(label, measurement key, unit, decimals) of the annulus rows of the demo's table."""
+
+
+def sizing_table(r: DemoResult) -> Table:
+    """Annulus sizing and ostium heights, predicted (on the predicted plane) vs the
+    phantom's truth (its analytic annulus ellipse and ostium centres)."""
+    from dicomnode.process.result_keys import OSTIUM_NAMES, SIZING_REFUSAL_KEY, height_key
+
+    m = r.result.get("measurements") or {}
+    t = Table(title="Annulus and coronary ostia (phantom truth known)", box=box.SIMPLE_HEAD)
+    for col in ("measure", "predicted", "truth", "difference"):
+        t.add_column(col, justify="left" if col == "measure" else "right", no_wrap=True)
+    refused = m.get(SIZING_REFUSAL_KEY)
+    rows = [
+        (label, key, unit, nd, "refused" if refused else "-")
+        for label, key, unit, nd in ANNULUS_ROWS
+    ]
+    rows += [
+        (f"{name} height (centre)", height_key(name), "mm", 1, "not predicted")
+        for name in OSTIUM_NAMES
+    ]
+    for label, key, unit, nd, missing in rows:
+        truth = r.truth_measurements.get(key)
+        raw = m.get(key)
+        got = float(raw) if isinstance(raw, int | float) else None
+        t.add_row(
+            label,
+            missing if got is None else f"{got:.{nd}f} {unit}".rstrip(),
+            "-" if truth is None else f"{truth:.{nd}f} {unit}".rstrip(),
+            "" if got is None or truth is None else f"{got - truth:+.{nd}f}",
+        )
+    return t
+
+
 def print_result(r: DemoResult) -> None:
     """The result table, the measurements and where the files are."""
     from dicomnode.process.outputs.measurements import CoplanarView
@@ -125,7 +168,21 @@ def print_result(r: DemoResult) -> None:
             f"{float(conf.get(name, float('nan'))):.2f}",
         )
     out.print(t)
+    out.print(sizing_table(r))
+    from dicomnode.process.result_keys import SIZING_REFUSAL_KEY
+
     m = res.get("measurements") or {}
+    if m.get(SIZING_REFUSAL_KEY):
+        out.print(f"annulus sizing refused: {m[SIZING_REFUSAL_KEY]}", soft_wrap=True)
+    for name, err_mm in r.ostia_errors_mm.items():
+        out.print(f"{name} position error vs truth: {err_mm:.2f} mm")
+    if any(k.endswith("_height_mm") for k in m):
+        out.print(
+            "ostium heights: ostium centre to the annulus plane along its normal "
+            "(clinical reports often measure to the ostium's lower edge, about one "
+            "vessel radius lower)",
+            soft_wrap=True,
+        )
     out.print(f"annulus plane vs truth: {r.plane_angle_deg:.2f} deg")
     if "coplanar_lao_deg" in m and "coplanar_cranial_deg" in m:
         view = CoplanarView(float(m["coplanar_lao_deg"]), float(m["coplanar_cranial_deg"]))

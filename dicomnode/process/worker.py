@@ -1,4 +1,14 @@
-"""The job worker: claim a job, run the model, gate, write SR/SEG/key images, queue delivery.
+"""The job worker: claim a job, run the model, gate, size the annulus, write SR/SEG/key
+images, queue delivery.
+
+Annulus sizing (:func:`glipcore.sizing.size_annulus`) runs on the full-resolution volume
+on the predicted plane; the job's timings get its seconds (``sizing``) and the process's
+CPU seconds meanwhile (``sizing_cpu``). A refusal (no closed, plausible contour) or a
+sizing error is recorded with its reason (result measurement ``annulus_sizing_refusal``,
+SR text, key-image caption) and never holds back the hinge points. The coronary ostia go
+into the outputs when the bundle predicts them. A degenerate prediction (hinge points on
+one spot or on a line: no plane) is withheld by the plausibility gate and stored without
+result objects.
 
 One :class:`Worker` loads the model bundle once (the active model version in the
 database, else the configured one) and processes jobs until stopped. Every job write is
@@ -42,9 +52,11 @@ from dicomnode.process.jobs import (
 )
 from dicomnode.process.lineage import job_created_at, prior_result
 from dicomnode.process.outputs.frames import FrameGeometryError, position_along_normal
+from dicomnode.process.result_keys import SIZING_REFUSAL_KEY
 from dicomnode.process.series import SeriesLoadError, job_files, volume_of_files
-from glipcore import LANDMARKS
+from glipcore import LANDMARKS, OSTIA
 from glipcore.predict import Prediction, Predictor
+from glipcore.sizing import AnnulusSizing, size_annulus
 from glipcore.volume import Volume
 
 log = logging.getLogger(__name__)
@@ -211,12 +223,19 @@ class Worker:
         pred = self._model().predict(volume)
         timings.update(pred.timings_s)
         hb.check()
-        t1 = time.perf_counter()
         verdict = self._gate(pred)
+        if verdict.degenerate:  # no plane: nothing to size or draw; stored, withheld
+            return self._commit(claim, pred, verdict, WrittenOutputs(measurements={}), timings)
+        t_size, cpu_size = time.perf_counter(), time.process_time()
+        sizing = annulus_sizing(volume, pred)
+        timings["sizing"] = time.perf_counter() - t_size
+        timings["sizing_cpu"] = time.process_time() - cpu_size  # all of the process's threads
+        hb.check()
+        t1 = time.perf_counter()
         from dicomnode.process.outputs import OutputError
 
         try:
-            written = self._write_outputs(claim, headers, volume, pred, verdict)
+            written = self._write_outputs(claim, headers, volume, pred, verdict, sizing)
         except OutputError as exc:  # the series or prediction cannot make valid objects
             raise PermanentJobError(f"outputs: {exc}") from exc
         timings["encode"] = time.perf_counter() - t1
@@ -227,7 +246,8 @@ class Worker:
         lm = dict(zip(pred.names, pred.landmarks_lps, strict=True))
         spread = {n: c.fold_spread_mm for n, c in zip(pred.names, pred.confidence, strict=True)}
         score = {n: c.score for n, c in zip(pred.names, pred.confidence, strict=True)}
-        return plausibility.gate(lm, pred.plane.normal, spread, score, self.cfg.plausibility)
+        normal = None if pred.hinge_plane is None else pred.hinge_plane.normal
+        return plausibility.gate(lm, normal, spread, score, self.cfg.plausibility)
 
     def _write_outputs(
         self,
@@ -236,6 +256,7 @@ class Worker:
         volume: Volume,
         pred: Prediction,
         verdict: plausibility.GateResult,
+        sizing: AnnulusSizing | str,
     ) -> WrittenOutputs:
         from dicomnode.process.outputs import OutputContext, build_all, output_recipe, report_uid
 
@@ -255,6 +276,9 @@ class Worker:
             identity=self.cfg.identity,
             recipe=output_recipe(cfg.outputs, cfg.plausibility, cfg.identity),
             content_time=job_created_at(self.engine, claim.job_id),
+            sizing=sizing if isinstance(sizing, AnnulusSizing) else None,
+            sizing_refusal=None if isinstance(sizing, AnnulusSizing) else sizing,
+            ostia_lps=pred.points_by_name([n for n in OSTIA if n in pred.names]),
         )
         prior = prior_result(self.engine, claim.series_fk, report_uid(ctx.key))
         if prior is not None:
@@ -269,6 +293,8 @@ class Worker:
         )
         study_uid = str(headers[0].StudyInstanceUID)
         written = WrittenOutputs(measurements=dict(objects.measurements))
+        if isinstance(sizing, str):
+            written.measurements[SIZING_REFUSAL_KEY] = sizing
         for kind, items in objects.items():
             for ds, png_name, png in items:
                 path = self._result_path(study_uid, claim, ds)
@@ -303,6 +329,7 @@ class Worker:
         from dicomnode.deliver.plan import plan_deliveries
 
         d = pred.to_dict()
+        plane = d["plane"]
         summary = _summary(pred, verdict)
         with self.sessions() as s, s.begin():
             result = Result(
@@ -311,8 +338,13 @@ class Worker:
                 model_version=pred.model_version,
                 status=verdict.status,
                 landmarks_lps=d["landmarks_lps_mm"],
-                plane={"origin": d["plane"]["origin_lps_mm"], "normal": d["plane"]["normal"]},
-                measurements={k: round(float(v), 3) for k, v in written.measurements.items()},
+                plane=None
+                if plane is None
+                else {"origin": plane["origin_lps_mm"], "normal": plane["normal"]},
+                measurements={
+                    k: v if isinstance(v, str) else round(float(v), 3)
+                    for k, v in written.measurements.items()
+                },
                 confidence={n: c["score"] for n, c in d["confidence"].items()},
                 flags=list(verdict.findings),
                 timings={k: round(v, 3) for k, v in timings.items()},
@@ -340,7 +372,7 @@ class Worker:
             "job %d done: %s in %.1f s (%s)",
             claim.job_id,
             verdict.status,
-            sum(timings.values()),
+            sum(v for k, v in timings.items() if not k.endswith("_cpu")),
             ", ".join(f"{k} {v:.2f}" for k, v in timings.items()),
         )
         _observe_inference(timings)
@@ -359,11 +391,25 @@ class Worker:
         return JobOutcome(claim.job_id, state, detail=text)
 
 
+def annulus_sizing(volume: Volume, pred: Prediction) -> AnnulusSizing | str:
+    """The annulus sized on the predicted plane, or why not ("<reason>: <detail>"). A
+    sizing error is logged and becomes a refusal: it never holds back the hinge points."""
+    try:
+        result = size_annulus(volume, pred.plane, hinges_lps=pred.points(LANDMARKS))
+    except Exception as exc:
+        log.exception("annulus sizing failed")
+        return f"error: {type(exc).__name__}: {exc}"
+    if isinstance(result, AnnulusSizing):
+        return result
+    return f"{result.reason}: {result.detail}"
+
+
 @dataclass
 class WrittenOutputs:
-    """Result files written for one job: (kind, SOP UID, series UID, path) and PNG copies."""
+    """Result files written for one job: (kind, SOP UID, series UID, path) and PNG copies;
+    ``measurements``: numbers, and the sizing refusal's reason as text."""
 
-    measurements: dict[str, float]
+    measurements: dict[str, float | str]
     objects: list[tuple[str, str, str, Path]] = field(default_factory=list)
     pngs: list[Path] = field(default_factory=list)
 

@@ -12,8 +12,16 @@ from sqlalchemy import Engine, select
 from dicomnode.db.models import Job, ModelVersion, Result, Series, Study
 from dicomnode.db.session import session_factory
 from dicomnode.operate.admin.common import iso, join_job_study
+from dicomnode.process.result_keys import (
+    OSTIUM_NAMES,
+    SIZING_KEYS,
+    SIZING_REFUSAL_KEY,
+    height_key,
+)
 
-LANDMARK_ORDER = ("RCC", "LCC", "NCC")
+LANDMARK_ORDER = ("RCC", "LCC", "NCC", "LCO", "RCO")
+SIZING_COLUMNS = (*(key for key, _attr in SIZING_KEYS), SIZING_REFUSAL_KEY)
+"""The annulus sizing block: measurements (empty when refused) and the refusal's reason."""
 
 
 def _cell(value: Any) -> str:
@@ -51,13 +59,28 @@ def _xyz(value: Any) -> list[Any]:
     return [None, None, None]
 
 
+def _measurement_columns(keys: Iterable[str], landmarks: Iterable[str]) -> list[str]:
+    """The annulus sizing block (whole, when any result has a sizing or a refusal), the
+    ostium heights (of the ostia among ``landmarks``), then every other key (sorted)."""
+    keys = set(keys)
+    sizing = list(SIZING_COLUMNS) if keys & set(SIZING_COLUMNS) else []
+    heights = [height_key(n) for n in OSTIUM_NAMES if n in set(landmarks) or height_key(n) in keys]
+    return [*sizing, *heights, *sorted(keys - set(sizing) - set(heights))]
+
+
 def export_results_csv(engine: Engine, out: TextIO) -> int:
     """Write one CSV row per study (its latest result) to ``out``; returns the row count.
 
     Columns: study_instance_uid, accession_number, study_date, series_instance_uid,
     result_id, result_created_at, status, model_version, trained_on_phantom, then
-    <landmark>_x/_y/_z (LPS mm), plane_origin_x.._z, plane_normal_x.._z, every measurement
-    key present (sorted), confidence_<landmark>, and flags joined by "; ".
+    <landmark>_x/_y/_z (LPS mm; the coronary ostia LCO, RCO after the hinge points when a
+    model predicts them), plane_origin_x.._z, plane_normal_x.._z; the annulus sizing
+    (annulus_area_mm2, annulus_perimeter_mm, annulus_area_diameter_mm,
+    annulus_perimeter_diameter_mm, annulus_min_diameter_mm, annulus_max_diameter_mm,
+    annulus_eccentricity, annulus_bridged_fraction, and annulus_sizing_refusal: why it was
+    not measured) when any result has one; lco_height_mm / rco_height_mm (ostium centre
+    above the annulus plane, along its normal); every other measurement key present
+    (sorted); confidence_<landmark>; and flags joined by "; ".
     """
     q = (
         join_job_study(
@@ -81,7 +104,9 @@ def export_results_csv(engine: Engine, out: TextIO) -> int:
             latest[row[1]] = row  # ordered: the last one per study wins
     rows = list(latest.values())
     landmarks = _landmark_order(k for r in rows for k in (r[0].landmarks_lps or {}))
-    meas_keys = sorted({k for r in rows for k in _flatten(r[0].measurements)})
+    meas_keys = _measurement_columns(
+        {k for r in rows for k in _flatten(r[0].measurements)}, landmarks
+    )
     conf_keys = _landmark_order({k for r in rows for k in _flatten(r[0].confidence)})
     header = [
         "study_instance_uid",

@@ -37,9 +37,15 @@ def results_export(
 
     Columns: study_instance_uid, accession_number, study_date, series_instance_uid,
     result_id, result_created_at, status (ok, flagged, withheld), model_version,
-    trained_on_phantom; RCC_x..NCC_z (patient LPS mm); plane_origin_x.._z and
-    plane_normal_x.._z; every measurement present (e.g. coplanar angles, in degrees);
-    confidence_RCC..NCC; flags joined by "; "."""
+    trained_on_phantom; RCC_x..NCC_z (patient LPS mm), then LCO_x..RCO_z (coronary ostia)
+    when the model predicts them; plane_origin_x.._z and plane_normal_x.._z; the annulus
+    sizing on the predicted plane: annulus_area_mm2, annulus_perimeter_mm,
+    annulus_area_diameter_mm, annulus_perimeter_diameter_mm, annulus_min_diameter_mm,
+    annulus_max_diameter_mm, annulus_eccentricity, annulus_bridged_fraction, or
+    annulus_sizing_refusal (why it was not measured); lco_height_mm and rco_height_mm
+    (ostium centre above the annulus plane along its normal); every other measurement
+    present (e.g. coplanar angles, in degrees); confidence per landmark; flags joined by
+    "; "."""
     with node_db(ctx, config) as (_cfg, engine):
         if out is not None and not out.parent.is_dir():
             raise CliError(

@@ -4,31 +4,44 @@ Standard codes (SNOMED CT "SCT", DICOM "DCM", UCUM) where one fits; the rest are
 of coding scheme ``99GLIP`` (declared in each object's Coding Scheme Identification
 Sequence). Every code in use is listed in :data:`CODE_TABLE`:
 
-=========  ======  ===========================================  ===========================
-value      scheme  meaning                                      use
-=========  ======  ===========================================  ===========================
-34202007   SCT     Aortic valve                                 finding site; SEG region
-89093001   SCT     Right sinus of Valsalva                      site modifier / SEG, RCC
-36371001   SCT     Left sinus of Valsalva                       site modifier / SEG, LCC
-24865005   SCT     Non-coronary sinus                           site modifier / SEG, NCC
-77583004   SCT     Aortic valve ring                            finding of the plane group
-91723000   SCT     Anatomical structure                         SEG property category
-111012     DCM     Certainty of Finding                         confidence, 0..1, unit "1"
-112011     DCM     Positioner Primary Angle                     coplanar view, +LAO/-RAO
-112012     DCM     Positioner Secondary Angle                   coplanar view, +CRA/-CAU
-121106     DCM     Comment                                      research use, model notes
-GLIP001    99GLIP  Aortic valve hinge point                     finding of a hinge group
-GLIP011    99GLIP  Aortic valve hinge point, right cusp         SEG property type, RCC
-GLIP012    99GLIP  Aortic valve hinge point, left cusp          SEG property type, LCC
-GLIP013    99GLIP  Aortic valve hinge point, non-coronary cusp  SEG property type, NCC
-GLIP021    99GLIP  Inter-hinge distance RCC-LCC                 distance (mm)
-GLIP022    99GLIP  Inter-hinge distance LCC-NCC                 distance (mm)
-GLIP023    99GLIP  Inter-hinge distance NCC-RCC                 distance (mm)
-GLIP031    99GLIP  Annulus plane tilt from axial                tilt (deg)
-GLIP041    99GLIP  Plausibility warning                         warning (TEXT)
-=========  ======  ===========================================  ===========================
+==========  ======  ===========================================  ===========================
+value       scheme  meaning                                      use
+==========  ======  ===========================================  ===========================
+34202007    SCT     Aortic valve                                 finding site; SEG region
+89093001    SCT     Right sinus of Valsalva                      site modifier / SEG, RCC
+36371001    SCT     Left sinus of Valsalva                       site modifier / SEG, LCC
+24865005    SCT     Non-coronary sinus                           site modifier / SEG, NCC
+77583004    SCT     Aortic valve ring                            finding of plane, annulus
+264114003   SCT     Ostium                                       finding of an ostium group
+1256091001  SCT     Left Main Coronary Artery Ostium             finding site, LCO
+56789007    SCT     Right Coronary Artery Ostium                 finding site, RCO
+42798000    SCT     Area                                         annulus area (mm2)
+131191004   SCT     Perimeter                                    annulus perimeter (mm)
+81827009    SCT     Diameter                                     min / max annulus diameter
+255605001   SCT     Minimum                                      derivation: min diameter
+56851009    SCT     Maximum                                      derivation: max diameter
+121207      DCM     Height                                       ostium height (mm)
+91723000    SCT     Anatomical structure                         SEG property category
+111012      DCM     Certainty of Finding                         confidence, 0..1, unit "1"
+112011      DCM     Positioner Primary Angle                     coplanar view, +LAO/-RAO
+112012      DCM     Positioner Secondary Angle                   coplanar view, +CRA/-CAU
+121106      DCM     Comment                                      research use, model notes
+GLIP001     99GLIP  Aortic valve hinge point                     finding of a hinge group
+GLIP011     99GLIP  Aortic valve hinge point, right cusp         SEG property type, RCC
+GLIP012     99GLIP  Aortic valve hinge point, left cusp          SEG property type, LCC
+GLIP013     99GLIP  Aortic valve hinge point, non-coronary cusp  SEG property type, NCC
+GLIP021     99GLIP  Inter-hinge distance RCC-LCC                 distance (mm)
+GLIP022     99GLIP  Inter-hinge distance LCC-NCC                 distance (mm)
+GLIP023     99GLIP  Inter-hinge distance NCC-RCC                 distance (mm)
+GLIP031     99GLIP  Annulus plane tilt from axial                tilt (deg)
+GLIP041     99GLIP  Plausibility warning                         warning (TEXT)
+GLIP051     99GLIP  Area-derived diameter                        2 sqrt(area / pi) (mm)
+GLIP052     99GLIP  Perimeter-derived diameter                   perimeter / pi (mm)
+GLIP053     99GLIP  Eccentricity                                 sqrt(1 - (min/max)^2), "1"
+GLIP054     99GLIP  Annulus sizing refused                       why no sizing (TEXT)
+==========  ======  ===========================================  ===========================
 
-Units are UCUM: ``mm``, ``deg``, ``1`` (no units).
+Units are UCUM: ``mm``, ``mm2``, ``deg``, ``1`` (no units).
 """
 
 from __future__ import annotations
@@ -64,6 +77,17 @@ SINUS = {
     "LCC": _sct("36371001", "Left sinus of Valsalva"),
     "NCC": _sct("24865005", "Non-coronary sinus"),
 }
+OSTIUM = _sct("264114003", "Ostium")
+CORONARY_OSTIUM = {
+    "LCO": _sct("1256091001", "Left Main Coronary Artery Ostium"),
+    "RCO": _sct("56789007", "Right Coronary Artery Ostium"),
+}
+AREA = _sct("42798000", "Area")
+PERIMETER = _sct("131191004", "Perimeter")
+DIAMETER = _sct("81827009", "Diameter")
+MINIMUM = _sct("255605001", "Minimum")
+MAXIMUM = _sct("56851009", "Maximum")
+HEIGHT = _dcm("121207", "Height")
 CERTAINTY = _dcm("111012", "Certainty of Finding")
 PRIMARY_ANGLE = _dcm("112011", "Positioner Primary Angle")
 SECONDARY_ANGLE = _dcm("112012", "Positioner Secondary Angle")
@@ -85,8 +109,13 @@ DISTANCE = {
 }
 TILT = _local("GLIP031", "Annulus plane tilt from axial")
 WARNING = _local("GLIP041", "Plausibility warning")
+AREA_DIAMETER = _local("GLIP051", "Area-derived diameter")
+PERIMETER_DIAMETER = _local("GLIP052", "Perimeter-derived diameter")
+ECCENTRICITY = _local("GLIP053", "Eccentricity")
+SIZING_REFUSED = _local("GLIP054", "Annulus sizing refused")
 
 MM = _ucum("mm", "millimeter")
+MM2 = _ucum("mm2", "square millimeter")
 DEG = _ucum("deg", "degree")
 NO_UNITS = _ucum("1", "no units")
 
@@ -104,6 +133,18 @@ CODE_TABLE: dict[str, hd.sr.CodedConcept] = {
     **{f"DISTANCE[{k}]": v for k, v in DISTANCE.items()},
     "TILT": TILT,
     "WARNING": WARNING,
+    "OSTIUM": OSTIUM,
+    **{f"CORONARY_OSTIUM[{k}]": v for k, v in CORONARY_OSTIUM.items()},
+    "AREA": AREA,
+    "PERIMETER": PERIMETER,
+    "DIAMETER": DIAMETER,
+    "MINIMUM": MINIMUM,
+    "MAXIMUM": MAXIMUM,
+    "HEIGHT": HEIGHT,
+    "AREA_DIAMETER": AREA_DIAMETER,
+    "PERIMETER_DIAMETER": PERIMETER_DIAMETER,
+    "ECCENTRICITY": ECCENTRICITY,
+    "SIZING_REFUSED": SIZING_REFUSED,
 }
 """Every code the outputs use, by name (the table above)."""
 

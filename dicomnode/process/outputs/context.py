@@ -20,10 +20,13 @@ from dicomnode.process.outputs.frames import (
     source_frames,
 )
 from dicomnode.process.outputs.uids import ResultKey, inputs_digest
+from dicomnode.process.result_keys import OSTIUM_NAMES
+from glipcore.sizing import AnnulusSizing
 from glipcore.volume import Volume
 
 LANDMARK_NAMES: tuple[str, str, str] = ("RCC", "LCC", "NCC")
 """The hinge points, in the order every output lists them."""
+OSTIUM_LABELS = {"LCO": "left coronary ostium", "RCO": "right coronary ostium"}
 
 _REQUIRED_HEADER = (
     "SOPClassUID",
@@ -71,7 +74,11 @@ class OutputContext:
     fine); ``recipe``: the output recipe version (:mod:`.recipe`); ``content_time``: when
     the job was made (timezone-aware), the one date/time every object carries, so that
     encoding the same job again gives the same bytes; ``prior``: the earlier result of the
-    series this one replaces, if any. Validated on construction (:class:`OutputError`);
+    series this one replaces, if any; ``sizing``: the annulus lumen measured on the plane
+    (:func:`glipcore.sizing.size_annulus`), or None with ``sizing_refusal`` saying why
+    (None and None: sizing not attempted); ``ostia_lps``: "LCO" and/or "RCO" -> (3,) LPS
+    mm when the model predicts the coronary ostia (their confidence, when given, is kept
+    with the hinge points'). Validated on construction (:class:`OutputError`);
     arrays are stored as float64 copies; ``frames`` are the source's image planes
     (:mod:`.frames`) and ``slice_index[n]`` is the volume slice k of ``frames[n]``.
     """
@@ -90,6 +97,9 @@ class OutputContext:
     recipe: str
     content_time: datetime
     prior: PriorResult | None = None
+    sizing: AnnulusSizing | None = None
+    sizing_refusal: str | None = None
+    ostia_lps: Mapping[str, NDArray[Any]] = field(default_factory=dict)
     frames: tuple[SourceFrame, ...] = field(init=False, repr=False, compare=False)
     slice_index: tuple[int, ...] = field(init=False, repr=False, compare=False)
 
@@ -104,7 +114,9 @@ class OutputContext:
         # The plane is unoriented: a caudal normal (e.g. from swapped cusps, which the
         # plausibility gate reports) is flipped so that every output sees it cranially.
         set_(self, "plane_normal", (normal if normal[2] >= 0 else -normal) / norm)
+        self._check_ostia()
         self._check_confidence()
+        self._check_sizing()
         for name in ("model_name", "model_version"):
             value = getattr(self, name)
             if not isinstance(value, str) or not value.strip() or "\\" in value:
@@ -136,10 +148,35 @@ class OutputContext:
             raise OutputError("the three hinge points are collinear or coincide: no plane")
         object.__setattr__(self, "landmarks_lps", points)
 
+    def _check_ostia(self) -> None:
+        extra = sorted(set(self.ostia_lps) - set(OSTIUM_NAMES))
+        if extra:
+            raise OutputError(f"ostia_lps may name {list(OSTIUM_NAMES)} only; unexpected {extra}")
+        points = {
+            n: _vector(f"ostium {n}", self.ostia_lps[n])
+            for n in OSTIUM_NAMES
+            if n in self.ostia_lps
+        }
+        object.__setattr__(self, "ostia_lps", points)
+
+    def _check_sizing(self) -> None:
+        if self.sizing is not None and self.sizing_refusal is not None:
+            raise OutputError("sizing and sizing_refusal exclude each other")
+        if self.sizing_refusal is not None and not str(self.sizing_refusal).strip():
+            raise OutputError("sizing_refusal must say why (a non-empty string)")
+        if self.sizing is not None:
+            contour = np.asarray(self.sizing.contour_lps, dtype=np.float64)
+            if contour.ndim != 2 or contour.shape[1] != 3 or len(contour) < 3:
+                raise OutputError(f"annulus contour must be (K >= 3, 3), got {contour.shape}")
+            if not np.all(np.isfinite(contour)):
+                raise OutputError("annulus contour has non-finite points")
+
     def _check_confidence(self) -> None:
         clean: dict[str, float] = {}
-        for n in LANDMARK_NAMES:
+        for n in (*LANDMARK_NAMES, *OSTIUM_NAMES):
             if n not in self.confidence:
+                if n in OSTIUM_NAMES:
+                    continue
                 raise OutputError(f"confidence has no score for {n}")
             value = float(self.confidence[n])
             if not (math.isfinite(value) and 0.0 <= value <= 1.0):
@@ -219,4 +256,11 @@ class OutputContext:
         return np.stack([self.landmarks_lps[n] for n in LANDMARK_NAMES])
 
 
-__all__ = ["LANDMARK_NAMES", "OutputContext", "OutputError", "PriorResult"]
+__all__ = [
+    "LANDMARK_NAMES",
+    "OSTIUM_LABELS",
+    "OSTIUM_NAMES",
+    "OutputContext",
+    "OutputError",
+    "PriorResult",
+]

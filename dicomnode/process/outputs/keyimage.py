@@ -11,12 +11,19 @@ window W 800 / L 200:
   axis (the plane normal), image up = cranial along the axis; the first also contains the
   RCC hinge point, the second is perpendicular to it; image right leans to the patient's
   left resp. posterior, as coronal and sagittal images do. The annulus plane shows as a
-  dashed line.
+  dashed line;
+- ``ostium-LCO`` / ``ostium-RCO`` (when the model predicts the coronary ostia): a long-axis
+  view containing the root axis and that ostium (image right towards the ostium, up =
+  cranial), with the ostium, its height above the annulus plane drawn as a line along the
+  plane normal, and the value.
+
+The annulus lumen contour (when sized) is drawn on the annulus-plane view in cyan.
 
 Hinge points are drawn in their SEG colours (RCC red, LCC green, NCC blue) and named; a
 point more than 2 mm off a view's plane is drawn hollow with its distance. A caption band
 below the image (so it never hides anatomy) is burned in: model and version, coplanar C-arm
-view, "RESEARCH USE ONLY", "PHANTOM-TRAINED MODEL" when so, and every plausibility warning.
+view, the annulus sizing (or why it was refused), the ostium heights, "RESEARCH USE ONLY",
+"PHANTOM-TRAINED MODEL" when so, and every plausibility warning.
 Each view is stored as an RGB Secondary Capture image (BurnedInAnnotation YES) in the
 key-image series, with a PNG copy.
 """
@@ -45,8 +52,14 @@ from dicomnode.process.outputs.common import (
     series_description,
     software_versions,
 )
-from dicomnode.process.outputs.context import LANDMARK_NAMES, OutputContext, OutputError
-from dicomnode.process.outputs.measurements import coplanar_view
+from dicomnode.process.outputs.context import (
+    LANDMARK_NAMES,
+    OSTIUM_LABELS,
+    OSTIUM_NAMES,
+    OutputContext,
+    OutputError,
+)
+from dicomnode.process.outputs.measurements import coplanar_view, ostium_heights_mm
 
 KIND = "keyimage"
 WINDOW_WIDTH = 800.0
@@ -54,6 +67,8 @@ WINDOW_LEVEL = 200.0
 IN_PLANE_MM = 2.0
 OUTSIDE_HU = -1024.0
 COLOURS = {"RCC": "#e62828", "LCC": "#28c83c", "NCC": "#3c6ef0"}
+OSTIUM_COLOUR = "#ff9a1f"
+CONTOUR_COLOUR = "#00e5ff"
 Vec = NDArray[np.float64]
 
 
@@ -94,7 +109,8 @@ def _in_plane(v: Vec, n: Vec) -> Vec | None:
 
 
 def views(ctx: OutputContext) -> list[View]:
-    """The three views of a result (see the module docstring)."""
+    """The views of a result: three, plus one per predicted ostium (see the module
+    docstring)."""
     n, o = ctx.plane_normal, ctx.plane_origin
     e1 = _in_plane(np.array([1.0, 0.0, 0.0]), n)
     if e1 is None:  # a sagittal annulus: posterior is in the plane
@@ -104,11 +120,17 @@ def views(ctx: OutputContext) -> list[View]:
     a = e1 if a is None else (a if a[0] >= 0 else -a)  # keep the patient's left on the right
     b = _unit(np.cross(n, a))
     b = b if b[1] >= 0 else -b  # keep posterior on the right, as sagittal images do
-    return [
+    out = [
         View("annulus-plane", "Annulus plane (from LV)", o, e1, e2),
         View("root-long-axis-1", "Root long axis via RCC", o, a, -n),
         View("root-long-axis-2", "Root long axis, orthogonal", o, b, -n),
     ]
+    for name in OSTIUM_NAMES:
+        if name in ctx.ostia_lps:
+            r = _in_plane(ctx.ostia_lps[name] - o, n)
+            title = f"Root long axis via {OSTIUM_LABELS[name]}"
+            out.append(View(f"ostium-{name}", title, o, e1 if r is None else r, -n))
+    return out
 
 
 def reformat(ctx: OutputContext, view: View, size_px: int, fov_mm: float) -> NDArray[np.float64]:
@@ -139,12 +161,29 @@ def orientation_letters(direction: Vec) -> str:
 
 
 def caption_lines(ctx: OutputContext) -> list[str]:
-    """Burned-in caption: model, coplanar view, research use, phantom, warnings."""
+    """Burned-in caption: model, coplanar view, annulus sizing, ostium heights, research
+    use, phantom, warnings."""
     lines = [
         f"Model {ctx.model_name} {ctx.model_version}",
         f"Coplanar view {coplanar_view(ctx.plane_normal).label()}",
-        "RESEARCH USE ONLY",
     ]
+    s = ctx.sizing
+    if s is not None:
+        lines.append(
+            f"Annulus area {s.area_mm2:.0f} mm² perimeter {s.perimeter_mm:.1f} mm; "
+            f"D area {s.area_diameter_mm:.1f} / perim {s.perimeter_diameter_mm:.1f} / "
+            f"min {s.min_diameter_mm:.1f} / max {s.max_diameter_mm:.1f} mm; "
+            f"eccentricity {s.eccentricity:.2f}"
+        )
+    elif ctx.sizing_refusal is not None:
+        lines.append(f"Annulus sizing refused: {ctx.sizing_refusal}")
+    heights = ostium_heights_mm(ctx.ostia_lps, ctx.plane_origin, ctx.plane_normal)
+    if heights:
+        lines.append(
+            "Ostium height above annulus (to its centre): "
+            + ", ".join(f"{n} {h:.1f} mm" for n, h in heights.items())
+        )
+    lines.append("RESEARCH USE ONLY")
     if ctx.trained_on_phantom:
         lines.append("PHANTOM-TRAINED MODEL")
     lines += [f"WARNING: {w}" for w in ctx.warnings]
@@ -211,9 +250,12 @@ def render(
     if view.name == "annulus-plane":
         ring = [pix[n][:2] for n in (*LANDMARK_NAMES, LANDMARK_NAMES[0])]
         ax.plot(*zip(*ring, strict=True), **line)
+        _draw_contour(ax, ctx, view, size, fov_mm, scale)
     else:  # the annulus plane seen edge-on: the row through the centre
         half = (size - 1) / 2.0
         ax.plot([0, size - 1], [half, half], **line)
+    if view.name.startswith("ostium-"):
+        _draw_ostium(ax, ctx, view, view.name.removeprefix("ostium-"), size, fov_mm, scale)
     offsets = _label_offsets(view, pix, scale)
     for name, (col, row, off) in pix.items():
         inside = abs(off) <= IN_PLANE_MM
@@ -245,6 +287,42 @@ def render(
     canvas.draw()  # type: ignore[no-untyped-call]
     rgba = np.asarray(canvas.buffer_rgba())  # type: ignore[no-untyped-call]
     return np.ascontiguousarray(rgba[..., :3], dtype=np.uint8)
+
+
+def _draw_contour(
+    ax: Any, ctx: OutputContext, view: View, size: int, fov_mm: float, scale: float
+) -> None:
+    """The annulus lumen contour (closed), when sized."""
+    if ctx.sizing is None:
+        return
+    pts = [_to_pixel(view, p, size, fov_mm)[:2] for p in ctx.sizing.contour_lps]
+    cols, rows = zip(*[*pts, pts[0]], strict=True)
+    ax.plot(cols, rows, "-", lw=1.4 * max(scale, 0.75), color=CONTOUR_COLOUR, alpha=0.9)
+
+
+def _draw_ostium(
+    ax: Any, ctx: OutputContext, view: View, name: str, size: int, fov_mm: float, scale: float
+) -> None:
+    """The ostium, and its height above the annulus plane as a line along the normal."""
+    point = ctx.ostia_lps[name]
+    height = ostium_heights_mm({name: point}, ctx.plane_origin, ctx.plane_normal)[name]
+    foot = point - height * ctx.plane_normal
+    (c0, r0, off), (c1, r1, _) = (_to_pixel(view, p, size, fov_mm) for p in (point, foot))
+    ax.plot([c0, c1], [r0, r1], "-", lw=1.2 * scale, color=OSTIUM_COLOUR)
+    inside = abs(off) <= IN_PLANE_MM
+    ax.plot(c0, r0, marker="s", ms=7 * scale, mew=1.8 * scale, color=OSTIUM_COLOUR,
+            mfc=OSTIUM_COLOUR if inside else "none")  # fmt: skip
+    ax.annotate(
+        f"{name} {height:.1f} mm" + ("" if inside else f" ({off:+.0f} mm off)"),
+        (c0, r0),
+        xytext=(6 * scale, 8 * scale),
+        textcoords="offset points",
+        color=OSTIUM_COLOUR,
+        fontsize=9.0 * scale * 1.1,
+        fontweight="bold",
+        ha="left",
+        va="bottom",
+    )
 
 
 def _orientation(ax: Any, view: View, size: int, font: float) -> None:
@@ -317,7 +395,8 @@ def _dataset(
 def build_key_images(
     ctx: OutputContext, size_px: int = 512, fov_mm: float = 90.0
 ) -> list[KeyImage]:
-    """The three key images of a result, as Secondary Capture datasets and PNGs."""
+    """The key images of a result (three, plus one per predicted ostium), as Secondary
+    Capture datasets and PNGs."""
     if not (isinstance(size_px, int) and 64 <= size_px <= 4096):
         raise OutputError(f"key-image size must be 64..4096 pixels, got {size_px!r}")
     if not (math.isfinite(fov_mm) and fov_mm > 0):

@@ -16,6 +16,11 @@ such views, the one closest to AP is the AP direction projected onto the plane,
 v = normalize(d - (d . n) n) with d = (0, -1, 0); then a = atan2(v_x, -v_y) and
 b = asin(v_z). In the degenerate case n = +-y (a coronal annulus) every edge-on view is
 equally far from AP and lateral LAO 90 / CRA 0 is returned.
+
+Ostium height: the distance from the ostium's centre (the centre of the coronary artery
+where it leaves the sinus wall, as the phantom's truth defines it) to the annulus plane,
+along the plane's (cranial) normal. Clinical reports often measure to the ostium's lower
+edge instead, which lies about one vessel radius (1.5-2 mm) lower.
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from dicomnode.process.outputs.context import LANDMARK_NAMES, OutputError
+from dicomnode.process.outputs.context import LANDMARK_NAMES, OSTIUM_NAMES, OutputError
+from dicomnode.process.result_keys import SIZING_KEYS, SIZING_REFUSAL_KEY, height_key
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -99,9 +105,33 @@ def coplanar_view(normal: ArrayLike) -> CoplanarView:
     return CoplanarView(lao_deg=lao, cranial_deg=cranial)
 
 
+HEIGHT_DEFINITION = (
+    "Ostium height is measured from the ostium centre to the annulus plane along the "
+    "plane normal; clinical reports often measure to the ostium's lower edge, about one "
+    "vessel radius lower."
+)
+"""The sentence every output that shows an ostium height carries."""
+
+
+def ostium_heights_mm(
+    ostia: Mapping[str, ArrayLike], origin: ArrayLike, normal: ArrayLike
+) -> dict[str, float]:
+    """Signed height (mm) of each ostium's centre above the plane (``origin``,
+    ``normal``), along the normal turned cranially: positive above the annulus."""
+    n = _unit(normal)
+    n = n if n[2] >= 0 else -n
+    o = np.asarray(origin, dtype=np.float64)
+    return {
+        name: float((np.asarray(ostia[name], dtype=np.float64) - o) @ n)
+        for name in OSTIUM_NAMES
+        if name in ostia
+    }
+
+
 def measurements(ctx: OutputContext) -> dict[str, float]:
     """All measurements of one result, flat (for the job's result row): the three
-    hinge distances (mm), tilt (deg) and coplanar view angles (deg)."""
+    hinge distances (mm), tilt (deg) and coplanar view angles (deg); the annulus sizing
+    (:data:`SIZING_KEYS`) when measured; each predicted ostium's height (mm)."""
     out = {
         f"hinge_distance_{k.replace('-', '_').lower()}_mm": v
         for k, v in hinge_distances_mm(ctx.landmarks_lps).items()
@@ -110,14 +140,24 @@ def measurements(ctx: OutputContext) -> dict[str, float]:
     out["plane_tilt_deg"] = plane_tilt_deg(ctx.plane_normal)
     out["coplanar_lao_deg"] = view.lao_deg
     out["coplanar_cranial_deg"] = view.cranial_deg
+    if ctx.sizing is not None:
+        for key, attr in SIZING_KEYS:
+            out[key] = float(getattr(ctx.sizing, attr))
+    for name, h in ostium_heights_mm(ctx.ostia_lps, ctx.plane_origin, ctx.plane_normal).items():
+        out[height_key(name)] = h
     return out
 
 
 __all__ = [
     "DISTANCE_PAIRS",
+    "HEIGHT_DEFINITION",
+    "SIZING_KEYS",
+    "SIZING_REFUSAL_KEY",
     "CoplanarView",
     "coplanar_view",
+    "height_key",
     "hinge_distances_mm",
     "measurements",
+    "ostium_heights_mm",
     "plane_tilt_deg",
 ]

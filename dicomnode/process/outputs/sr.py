@@ -11,9 +11,18 @@ Content tree (highdicom builds the templates):
   - one Planar ROI group for the annulus plane: closed SCOORD3D POLYGON RCC -> LCC -> NCC
     -> RCC, the three inter-hinge distances (mm), the plane's tilt from axial (deg) and
     the coplanar C-arm view as Positioner Primary (+LAO) / Secondary (+cranial) Angle (deg)
+  - when the annulus was sized: a Planar ROI group "Aortic annulus": the lumen contour as
+    a closed SCOORD3D POLYGON on the plane (first point repeated last), NUMs area (mm2),
+    perimeter (mm), area- and perimeter-derived diameters (mm), minimum and maximum
+    diameter (Diameter with derivation Minimum / Maximum, mm) and eccentricity (1)
+  - when the model predicts the coronary ostia: one Planar ROI group per ostium (LCO,
+    RCO): SCOORD3D POINT, finding type Ostium, finding site the left main / right coronary
+    artery ostium, NUM Height above the annulus plane (mm, to the ostium's centre along
+    the plane normal), "Certainty of Finding"
 - Qualitative Evaluations: TEXT items "research use only", "phantom-trained model" (when
-  so), the coplanar view in words, which earlier result this one replaces (when so), and
-  each plausibility warning
+  so), the coplanar view in words, which earlier result this one replaces (when so), how
+  the ostium height is measured (when ostia are reported), why the annulus was not sized
+  (when refused: "Annulus sizing refused"), and each plausibility warning
 - Image Library (TID 1600): every CT image plane the result was made from, with its
   geometry (TID 1604): each single-frame instance, or each frame of a multi-frame
   (Enhanced) CT with its frame number and the geometry of its functional groups (the
@@ -44,11 +53,19 @@ from dicomnode.process.outputs.common import (
 )
 from dicomnode.process.outputs.context import (
     LANDMARK_NAMES,
+    OSTIUM_LABELS,
+    OSTIUM_NAMES,
     OutputContext,
     OutputError,
     PriorResult,
 )
-from dicomnode.process.outputs.measurements import coplanar_view, hinge_distances_mm, plane_tilt_deg
+from dicomnode.process.outputs.measurements import (
+    HEIGHT_DEFINITION,
+    coplanar_view,
+    hinge_distances_mm,
+    ostium_heights_mm,
+    plane_tilt_deg,
+)
 from dicomnode.process.outputs.uids import ResultKey, output_uid
 
 KIND = "sr"
@@ -138,6 +155,93 @@ def _annulus_group(ctx: OutputContext) -> hd.sr.PlanarROIMeasurementsAndQualitat
     )
 
 
+def _annulus_sizing_group(
+    ctx: OutputContext,
+) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations | None:
+    """The "Aortic annulus" group: lumen contour and its measurements (None: not sized)."""
+    s = ctx.sizing
+    if s is None:
+        return None
+    contour = np.asarray(s.contour_lps, dtype=np.float64)
+    polygon = np.vstack([contour, contour[:1]])  # closed: the first vertex repeated last
+    diameter = [
+        hd.sr.Measurement(name=c.DIAMETER, value=float(value), unit=c.MM, derivation=derivation)
+        for value, derivation in (
+            (s.min_diameter_mm, c.MINIMUM),
+            (s.max_diameter_mm, c.MAXIMUM),
+        )
+    ]
+    values = [
+        (c.AREA, s.area_mm2, c.MM2),
+        (c.PERIMETER, s.perimeter_mm, c.MM),
+        (c.AREA_DIAMETER, s.area_diameter_mm, c.MM),
+        (c.PERIMETER_DIAMETER, s.perimeter_diameter_mm, c.MM),
+    ]
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=tracking_uid(ctx, "annulus-lumen"), identifier="Aortic annulus"
+        ),
+        referenced_region=hd.sr.ImageRegion3D(
+            graphic_type=hd.sr.GraphicTypeValues3D.POLYGON,
+            graphic_data=polygon,
+            frame_of_reference_uid=ctx.frame_of_reference_uid,
+        ),
+        finding_type=c.AORTIC_RING,
+        algorithm_id=algorithm(ctx),
+        finding_sites=[hd.sr.FindingSite(anatomic_location=c.AORTIC_VALVE)],
+        measurements=[
+            *(hd.sr.Measurement(name=n, value=float(v), unit=u) for n, v, u in values),
+            *diameter,
+            hd.sr.Measurement(name=c.ECCENTRICITY, value=float(s.eccentricity), unit=c.NO_UNITS),
+        ],
+    )
+
+
+def _ostium_group(
+    ctx: OutputContext, name: str, height_mm: float
+) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+    """One coronary ostium: its point, site, height above the annulus plane, confidence."""
+    values = [hd.sr.Measurement(name=c.HEIGHT, value=height_mm, unit=c.MM)]
+    if name in ctx.confidence:
+        values.append(
+            hd.sr.Measurement(name=c.CERTAINTY, value=ctx.confidence[name], unit=c.NO_UNITS)
+        )
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=tracking_uid(ctx, name), identifier=OSTIUM_LABELS[name].capitalize()
+        ),
+        referenced_region=hd.sr.ImageRegion3D(
+            graphic_type=hd.sr.GraphicTypeValues3D.POINT,
+            graphic_data=ctx.ostia_lps[name].reshape(1, 3),
+            frame_of_reference_uid=ctx.frame_of_reference_uid,
+        ),
+        finding_type=c.OSTIUM,
+        algorithm_id=algorithm(ctx),
+        finding_sites=[hd.sr.FindingSite(anatomic_location=c.CORONARY_OSTIUM[name])],
+        measurements=values,
+    )
+
+
+def _measurement_groups(
+    ctx: OutputContext,
+) -> list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations]:
+    """Hinge points, annulus plane, annulus sizing (when measured), ostia (when predicted)."""
+    groups = [*(_hinge_group(ctx, name) for name in LANDMARK_NAMES), _annulus_group(ctx)]
+    sizing = _annulus_sizing_group(ctx)
+    if sizing is not None:
+        groups.append(sizing)
+    heights = ostium_heights_mm(ctx.ostia_lps, ctx.plane_origin, ctx.plane_normal)
+    groups += [_ostium_group(ctx, name, heights[name]) for name in OSTIUM_NAMES if name in heights]
+    return groups
+
+
+def sizing_refusal_text(ctx: OutputContext) -> str | None:
+    """The SR's and key images' note on a refused annulus sizing (None when not refused)."""
+    if ctx.sizing_refusal is None:
+        return None
+    return f"Annulus sizing refused: {ctx.sizing_refusal}; the hinge points stand"
+
+
 def notes(ctx: OutputContext) -> list[str]:
     """The free-text notes of a result: research use, phantom training, coplanar view."""
     out = [RESEARCH_USE_ONLY]
@@ -148,6 +252,8 @@ def notes(ctx: OutputContext) -> list[str]:
     out.append(f"Model: {ctx.model_name} {ctx.model_version}")
     if ctx.prior is not None:
         out.append(replaces_text(ctx.prior))
+    if ctx.ostia_lps:
+        out.append(HEIGHT_DEFINITION)
     return out
 
 
@@ -162,6 +268,15 @@ def _qualitative_container(ctx: OutputContext) -> hd.sr.ContainerContentItem:
         )
         for text in notes(ctx)
     ]
+    refusal = sizing_refusal_text(ctx)
+    if refusal is not None:
+        items.append(
+            hd.sr.TextContentItem(
+                name=c.SIZING_REFUSED,
+                value=refusal,
+                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+            )
+        )
     items += [
         hd.sr.TextContentItem(
             name=c.WARNING, value=text, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
@@ -187,10 +302,7 @@ def _report(ctx: OutputContext) -> hd.sr.MeasurementReport:
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=codes.cid100.CTUnspecifiedBodyRegion,
-        imaging_measurements=[
-            *(_hinge_group(ctx, name) for name in LANDMARK_NAMES),
-            _annulus_group(ctx),
-        ],
+        imaging_measurements=_measurement_groups(ctx),
         referenced_images=[frame.as_image() for frame in ctx.frames],
     )
     _number_library_frames(report, ctx)
@@ -248,4 +360,12 @@ def build_sr(ctx: OutputContext) -> pydicom.Dataset:
     return sr
 
 
-__all__ = ["algorithm", "build_sr", "notes", "replaces_text", "report_uid", "tracking_uid"]
+__all__ = [
+    "algorithm",
+    "build_sr",
+    "notes",
+    "replaces_text",
+    "report_uid",
+    "sizing_refusal_text",
+    "tracking_uid",
+]
