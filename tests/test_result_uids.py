@@ -1,5 +1,7 @@
 """Result UIDs never carry two contents (issue 11, item 1).
 
+The integration tests run on SQLite and PostgreSQL (``migrated_url``).
+
 Unit tests: a result's UIDs derive from its input set, model version, kind and output
 recipe. Integration test (b): an Orthanc that keeps the first copy of a SOP Instance UID
 (``OverwriteInstances: false``) is the PACS; a series is sent, processed and delivered,
@@ -12,14 +14,12 @@ names the first one and lies within 3 mm of the truth.
 from __future__ import annotations
 
 import io
-import json
 import os
 import shutil
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pydicom
@@ -31,6 +31,7 @@ from sqlalchemy import Engine, select
 from test_end_to_end import e2e_config, sr_points, storescu, wait_delivered
 from test_scp_restart import QUIET_S, Serve
 
+from bench.chaos_content import KeepFirstOrthanc, clinical_content, evidence_count
 from dicomnode.config import Identity, OutputsConfig, PlausibilityConfig, load_config
 from dicomnode.db.models import Delivery, Job, Result
 from dicomnode.db.session import make_engine, session_factory
@@ -109,13 +110,6 @@ def test_recipe_follows_settings_and_code(monkeypatch: pytest.MonkeyPatch) -> No
 # --------------------------------------------------------------------------- Orthanc
 
 
-class KeepFirstOrthanc(OrthancServer):
-    """Orthanc that keeps the first instance stored under a SOP Instance UID."""
-
-    def config(self) -> dict[str, Any]:
-        return {**super().config(), "OverwriteInstances": False}
-
-
 @pytest.fixture
 def keep_first_orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancServer]:
     if not OrthancServer.available():
@@ -129,22 +123,6 @@ def keep_first_orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ort
         server.stop()
         print(f"--- Orthanc log ---\n{log}")
         shutil.rmtree(root, ignore_errors=True)
-
-
-def clinical_content(ds: pydicom.Dataset) -> str:
-    """What a reader sees of a result object: the SR content tree (and predecessors), the
-    SEG's frames with the CT instance each derives from, the key image's pixels."""
-    if ds.Modality == "SR":
-        tree = pydicom.Dataset()
-        tree.ContentSequence = ds.ContentSequence
-        tree.PredecessorDocumentsSequence = ds.get("PredecessorDocumentsSequence", [])
-        return json.dumps(tree.to_json_dict(), sort_keys=True)
-    refs = [
-        fg.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
-        for fg in ds.get("PerFrameFunctionalGroupsSequence", [])
-    ]
-    pixels = np.ascontiguousarray(ds.pixel_array)
-    return f"{ds.SOPClassUID} {pixels.shape} {pixels.tobytes().hex()} {refs}"
 
 
 def pacs_holds_what_the_node_sent(
@@ -162,22 +140,21 @@ def pacs_holds_what_the_node_sent(
     return stored
 
 
-def evidence_count(sr: pydicom.Dataset) -> int:
-    """How many CT instances the SR says it was made from."""
-    (study,) = sr.CurrentRequestedProcedureEvidenceSequence
-    return sum(len(series.ReferencedSOPSequence) for series in study.ReferencedSeriesSequence)
-
-
 @pytest.mark.slow
 def test_late_instances_get_new_uids_and_pacs_keeps_no_stale_copy(
-    tmp_path: Path, keep_first_orthanc: OrthancServer
+    tmp_path: Path, migrated_url: str, keep_first_orthanc: OrthancServer
 ) -> None:
     orthanc = keep_first_orthanc
     assert orthanc.get("/system").get("DicomAet") == orthanc.ae_title
     vol, truth = phantom.generate(SEED, 0, "full", workers=os.cpu_count() or 1)
     files = write_ct_series(vol, tmp_path / "ct", SeriesMeta.synthetic(SEED, "uids-0"))
     first, late = files[::2], files[1::2]  # 1 mm, then the slices in between
-    cfg = e2e_config(tmp_path, orthanc, selection={"late_instances": "reprocess"})
+    cfg = e2e_config(
+        tmp_path,
+        orthanc,
+        database={"url": migrated_url},
+        selection={"late_instances": "reprocess"},
+    )
     with EmbeddedNode(cfg) as node:
         storescu(cfg, node.port, first)
         wait_delivered(node.engine, results=1)
@@ -235,15 +212,15 @@ class ServeToPacs(Serve):
 
 @pytest.mark.slow
 def test_sigkill_after_142_of_320_instances_then_resend(
-    tmp_path: Path, sqlite_url: str, keep_first_orthanc: OrthancServer
+    tmp_path: Path, migrated_url: str, keep_first_orthanc: OrthancServer
 ) -> None:
     orthanc = keep_first_orthanc
     vol, truth = phantom.generate(SEED + 1, 0, "full", workers=os.cpu_count() or 1)
     files = write_ct_series(vol, tmp_path / "ct", SeriesMeta.synthetic(SEED + 1, "uids-1"))
     assert len(files) == 320
-    serve = ServeToPacs(tmp_path, sqlite_url, orthanc)
+    serve = ServeToPacs(tmp_path, migrated_url, orthanc)
     cfg = load_config(serve.config)
-    engine = make_engine(sqlite_url)
+    engine = make_engine(migrated_url)
     worker, stop = Worker(cfg, engine), threading.Event()
     worker.load_model()
     loop = threading.Thread(target=worker.run, args=(stop,), daemon=True)

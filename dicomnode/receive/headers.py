@@ -307,6 +307,38 @@ def _stop_at_pixels(tag: BaseTag, vr: str | None, length: int) -> bool:
     return bool(tag >= 0x7FE00008)
 
 
+_LONG_VRS = (b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR",
+              b"UT", b"UV")  # fmt: skip
+
+
+def _check_pixel_data_fits(fp: IO[bytes], implicit: bool, little: bool) -> None:
+    """After a read stopped at the pixel data (``fp`` at its element): a value of defined
+    length must fit in what was received, else the data set was truncated."""
+    if not fp.seekable():
+        return
+    head = fp.read(8)
+    if len(head) < 8:
+        return  # no pixel data element
+    order: Any = "little" if little else "big"
+    if implicit:
+        length = int.from_bytes(head[4:8], order)
+    elif head[4:6] in _LONG_VRS:
+        extra = fp.read(4)
+        if len(extra) < 4:
+            raise HeaderError("truncated data set: the pixel data element header is cut")
+        length = int.from_bytes(extra, order)
+    else:
+        length = int.from_bytes(head[6:8], order)
+    if length == 0xFFFFFFFF:
+        return  # encapsulated: fragments are checked when decoded
+    start = fp.tell()
+    present = fp.seek(0, 2) - start
+    if present < length:
+        raise HeaderError(
+            f"truncated data set: the pixel data declares {length} bytes, {present} received"
+        )
+
+
 def read_header(raw: IO[bytes], transfer_syntax: str, limits: SpoolLimits) -> HeaderFacts:
     """Header facts from a raw encoded data set (no file meta) in ``transfer_syntax``.
 
@@ -329,6 +361,11 @@ def read_header(raw: IO[bytes], transfer_syntax: str, limits: SpoolLimits) -> He
             stop_when=_stop_at_pixels,
             specific_tags=_TOP_TAGS,
             defer_size=_DEFER_BYTES,
+        )
+        _check_pixel_data_fits(
+            fp,
+            implicit=transfer_syntax == ImplicitVRLittleEndian,
+            little=transfer_syntax != ExplicitVRBigEndian,
         )
         return facts_from_dataset(ds)
     except HeaderError:
