@@ -1,6 +1,6 @@
 """Start-up pieces shared by `dicomnode serve`, `dicomnode worker` and the embedded node:
 the database with its schema check, receiving (SCP + assembler) and the background
-scheduler (delivery, retention purge).
+scheduler (delivery, retention purge, retraining when ``retrain.schedule`` is set).
 
 This is the only module that imports the SCP; it does so when receiving starts, so the
 commands that do not receive (worker, status, config check) never load it.
@@ -82,13 +82,16 @@ def start_background_services(
     cfg: NodeConfig, engine: Engine, *, retention: bool
 ) -> BackgroundScheduler:
     """Delivery (and, with ``retention``, the scheduled purge when enabled) on one started
-    background scheduler."""
+    background scheduler; with ``retrain.schedule`` set, retrains too (each one a
+    subprocess with limited threads: :mod:`dicomnode.learn.retrain_schedule`)."""
     from dicomnode.deliver.service import DeliveryService
+    from dicomnode.learn.retrain_schedule import schedule_retrain
     from dicomnode.operate.retention import schedule_purge
 
     scheduler = BackgroundScheduler(timezone="UTC")
     DeliveryService(engine, cfg).start(scheduler)
     if retention and cfg.retention.enabled:
         schedule_purge(scheduler, engine, cfg.archive_dir, cfg.retention)
+    schedule_retrain(scheduler, engine, cfg)
     scheduler.start()
     return scheduler

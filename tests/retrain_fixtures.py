@@ -8,21 +8,28 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pydicom
 import yaml
 from annotation_fixtures import (
     HINGE_COLUMNS,
+    SHAPE_ZYX,
+    SPACING_MM,
     Archived,
     archive_phantom_study,
     csv_text,
     point_cells,
 )
-from ingest_fixtures import node_config
+from ingest_fixtures import Rig, node_config
 from sqlalchemy import Engine
 
 from dicomnode.config import NodeConfig
 from dicomnode.db.session import make_engine
 from dicomnode.learn.annotations import import_file
+from glipcore.dicomwrite import SeriesMeta, write_ct_series
+from glipcore.geometry import make_affine
+from glipcore.phantom import random_case, truth_of
 from glipcore.unet import UNetConfig
+from glipcore.volume import Volume
 from tests.toy_cases import toy_bundle
 
 TINY_WIDTHS = (2, 4)
@@ -81,10 +88,68 @@ def tiny_train_config(path: Path) -> Path:
     return path
 
 
-def make_site(db_url: str, tmp: Path, *, studies: int = 6, **retrain: Any) -> Site:
-    """``studies`` archived phantom studies (distinct seeds), no annotations yet."""
-    archived = [archive_phantom_study(db_url, tmp, seed=31 + i) for i in range(studies)]
-    bundle = toy_bundle(tmp / "active", widths=TINY_WIDTHS)
+BLOB_HU = (300.0, 700.0, 1200.0)
+"""Peak HU of the blobs at RCC, LCC and NCC in :func:`blob_ct`."""
+BLOB_SIGMA_MM = 2.5
+
+
+def blob_ct(seed: int) -> tuple[Volume, Any, Any]:
+    """The annotation tests' small CT around a phantom annulus (same grid as
+    ``phantom_ct``), but learnable: a quiet background with a bright blob at each hinge
+    point, brighter from RCC to NCC. Returns the volume, hinges and ostia (LPS mm)."""
+    truth = truth_of(random_case(seed, 0))
+    spacing = np.array(SPACING_MM)
+    origin = truth.annulus_center - (np.array(SHAPE_ZYX[::-1]) - 1) / 2.0 * spacing
+    affine = make_affine(origin, list(SPACING_MM))
+    rng = np.random.default_rng(seed)
+    array = (-100.0 + rng.normal(0.0, 20.0, size=SHAPE_ZYX)).astype(np.float32)
+    kk, jj, ii = np.meshgrid(*(np.arange(n) for n in SHAPE_ZYX), indexing="ij")
+    lps = np.stack([ii, jj, kk], axis=-1) * spacing + origin  # LPS-aligned grid
+    for point, hu in zip(truth.landmarks_lps, BLOB_HU, strict=True):
+        d2 = ((lps - point) ** 2).sum(axis=-1)
+        array += ((hu + 100.0) * np.exp(-d2 / (2 * BLOB_SIGMA_MM**2))).astype(np.float32)
+    return Volume(array, affine), truth.landmarks_lps, truth.ostia_lps
+
+
+def archive_blob_study(db_url: str, tmp: Path, seed: int) -> Archived:
+    """:func:`blob_ct` written as a CT series, ingested and selected (a job exists)."""
+    cfg = node_config(db_url, tmp / "var")
+    rig = Rig(cfg)
+    vol, hinges, ostia = blob_ct(seed)
+    files = write_ct_series(vol, tmp / f"blob{seed}", SeriesMeta.synthetic(seed, f"blob{seed}"))
+    rig.send(files)
+    rig.sweep_after(5.0)
+    rig.sweep_after(5.0)
+    if not rig.jobs():
+        raise RuntimeError("the blob series was not selected")
+    head = pydicom.dcmread(files[0], stop_before_pixels=True)
+    return Archived(
+        rig,
+        files,
+        vol,
+        hinges,
+        ostia,
+        str(head.StudyInstanceUID),
+        str(head.SeriesInstanceUID),
+        str(head.FrameOfReferenceUID),
+    )
+
+
+def make_site(
+    db_url: str,
+    tmp: Path,
+    *,
+    studies: int = 6,
+    blobs: bool = False,
+    bundle: Path | None = None,
+    **retrain: Any,
+) -> Site:
+    """``studies`` archived phantom studies (distinct seeds; ``blobs``: learnable
+    :func:`blob_ct` images), no annotations yet; the active model is ``bundle`` or an
+    untrained tiny one."""
+    archive = archive_blob_study if blobs else archive_phantom_study
+    archived = [archive(db_url, tmp, seed=31 + i) for i in range(studies)]
+    bundle = bundle or toy_bundle(tmp / "active", widths=TINY_WIDTHS)
     settings: dict[str, Any] = {
         "holdout_fraction": 0.3,
         "holdout_min": 2,

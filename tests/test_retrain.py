@@ -41,7 +41,8 @@ def test_retrain_registers_and_promotes_a_candidate(site: Site) -> None:
     assert out.promoted and out.candidate is not None
     with session_factory(site.engine)() as s:
         mv = s.scalars(select(ModelVersion).where(ModelVersion.version == out.candidate)).one()
-        assert mv.parent_version == out.parent and mv.parent_version.startswith("toy-")
+        assert mv.parent_version is not None and mv.parent_version == out.parent
+        assert mv.parent_version.startswith("toy-")
         assert mv.decision == PASSED
         assert mv.decision_reasons is not None and len(mv.decision_reasons) == 5
         assert all(r.startswith("ok: ") for r in mv.decision_reasons)
@@ -67,6 +68,7 @@ def test_retrain_registers_and_promotes_a_candidate(site: Site) -> None:
     assert worker.process_one() is None
     assert worker.predictor is not None
     assert (before, worker.predictor.model_version) == (out.parent, out.candidate)
+    assert out.parent is not None
     _check_commands(site, out.candidate, out.parent)
 
 
@@ -107,36 +109,9 @@ def _dry_run(site: Site) -> None:
     rows = read_manifest(out.run_dir / "dataset" / "train.csv", check_paths=False)
     assert len(rows) == len(out.dataset.train_annotations) + 1
     assert out.dataset.phantom_cases == 1 and rows[-1].case_id.startswith("phantom-7000-")
+    assert out.dataset.cache_hits == 0
+    again = run_retrain(site.cfg, site.engine, RetrainOptions(dry_run=True))
+    assert again.dataset.cache_hits == len(site.studies)  # the second retrain reuses the images
+    assert again.dataset.sha256 == out.dataset.sha256
     with session_factory(site.engine)() as s:
         assert active_model(s) is None
-
-
-def test_poisoned_training_split_is_refused_and_the_active_model_stays(
-    sqlite_url: str, tmp_path: Path
-) -> None:
-    # The tiny model cannot learn the noise volumes, so the refusal is forced by the gate's
-    # study count here; the error rules themselves are tested on metric tables (test_gate).
-    site = make_site(sqlite_url, tmp_path, promote="auto", gate={"min_holdout_studies": 50})
-    try:
-        site.import_points()
-        held = holdout_study_uids(site.engine, 0.3, 2)
-        shifted = {st.study_uid: 10.0 for st in site.studies if st.study_uid not in held}
-        site.import_points(shifted, name="poisoned")
-        with session_factory(site.engine)() as s:
-            before = resolve_bundle(s, site.cfg)
-        out = run_retrain(site.cfg, site.engine)
-        assert out.decision is not None and not out.decision.passed and not out.promoted
-        with session_factory(site.engine)() as s:
-            mv = s.scalars(select(ModelVersion).where(ModelVersion.version == out.candidate)).one()
-            assert mv.decision == "refused" and mv.active is False
-            assert mv.decision_reasons is not None
-            assert mv.decision_reasons[0].startswith("FAILED: ")
-            ds = mv.training["dataset"] if mv.training else {}
-            first_ids = set(range(1, len(site.studies) + 1))
-            # training used the poisoned (newer) versions, the held-out kept the clean ones
-            assert not set(ds["train_annotation_ids"]) & first_ids
-            assert set(ds["holdout_annotation_ids"]) <= first_ids
-            assert active_model(s) is None or active_model(s).version != out.candidate
-            assert resolve_bundle(s, site.cfg) == before
-    finally:
-        site.close()

@@ -13,6 +13,7 @@ from dicomnode.learn.retrain_training import (
     TrainingError,
     bundle_from_checkpoint,
     run_training,
+    steps_per_epoch,
     train_config,
 )
 from glipcore.bundle import load_bundle
@@ -130,3 +131,8 @@ def test_training_stopped_before_any_epoch_gives_no_candidate(tmp_path: Path) ->
     assert time.monotonic() - t0 < 20  # stopped, not run to the end
     assert ticks and ticks[0].startswith("training")
     assert (tmp_path / "run" / "train.yaml").is_file()
+
+
+def test_short_budgets_checkpoint_sooner() -> None:
+    assert steps_per_epoch(None) == steps_per_epoch(20.0) == steps_per_epoch(60.0) == 50
+    assert steps_per_epoch(2.0) == 5 and steps_per_epoch(0.5) == 5 and steps_per_epoch(8.0) == 20

@@ -39,7 +39,7 @@ def predict_errors(
     from glipcore.dataset import ModelGridCache
     from glipcore.predict import Predictor
 
-    predictor = Predictor(bundle_dir, threads=threads, device="cpu")
+    predictor = Predictor(bundle_dir, threads=threads, device="cpu", tta_passes=0)
     cache = ModelGridCache(cache_dir, predictor.bundle.manifest.preprocessing)
     errors, angles = [], []
     for row in rows:

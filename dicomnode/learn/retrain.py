@@ -36,9 +36,15 @@ from dicomnode.db.session import session_factory, session_scope
 from dicomnode.learn.compare import CaseErrors, compare, predict_errors, scores_of
 from dicomnode.learn.gate import Decision, GateInput, Scores, decide
 from dicomnode.learn.registry import promote, register_bundle, resolve_bundle
-from dicomnode.learn.retrain_dataset import RetrainDataset, build_dataset, phantom_rows
+from dicomnode.learn.retrain_dataset import (
+    RetrainDataset,
+    build_dataset,
+    phantom_rows,
+    prune_image_cache,
+)
 from dicomnode.learn.retrain_lease import Lease, acquire
 from dicomnode.learn.retrain_training import run_training, train_config
+from glipcore.manifest import read_manifest as read_rows
 
 log = logging.getLogger("dicomnode.retrain")
 
@@ -75,6 +81,18 @@ class RetrainOutcome:
 def retrain_root(cfg: NodeConfig) -> Path:
     """Where retrains keep their runs and the reference set (``retrain.dir``)."""
     return cfg.retrain.dir if cfg.retrain.dir is not None else cfg.var_dir / "retrain"
+
+
+def image_cache_dir(cfg: NodeConfig) -> Path:
+    """The exported images of annotated studies, kept across retrains and named by their
+    series' content (SOP Instance UIDs) and the code version."""
+    return retrain_root(cfg) / "image-cache"
+
+
+def grid_cache_dir(cfg: NodeConfig) -> Path:
+    """Model-grid volumes of the cached images (keyed by file and preprocessing), kept
+    across retrains: an unchanged study is neither exported nor resampled again."""
+    return retrain_root(cfg) / "grid-cache"
 
 
 def code_version() -> dict[str, str]:
@@ -114,7 +132,7 @@ class _Stages:
 
 
 def _evaluate(
-    cfg: NodeConfig, candidate: Path, active: Path, dataset: RetrainDataset, run_dir: Path
+    cfg: NodeConfig, candidate: Path, active: Path, dataset: RetrainDataset
 ) -> tuple[GateInput, dict[str, Any]]:
     rc = cfg.retrain
     threads = rc.threads
@@ -129,7 +147,7 @@ def _evaluate(
     hold_c: CaseErrors | None = None
     hold_a: CaseErrors | None = None
     if dataset.holdout_rows:
-        cache = run_dir / "cache"
+        cache = grid_cache_dir(cfg)
         hold_c = predict_errors(candidate, dataset.holdout_rows, cache, threads)
         hold_a = predict_errors(active, dataset.holdout_rows, cache, threads)
         table["holdout"] = compare(hold_c, hold_a, resamples=rc.bootstrap)
@@ -203,13 +221,20 @@ def run_retrain(
             holdout_min=rc.holdout_min,
             phantom_cases=rc.phantom_cases,
             phantom_dir=retrain_root(cfg) / "phantoms",
+            image_cache=image_cache_dir(cfg),
         )
+        used = {Path(r.path).resolve() for r in read_rows(run_dir / "dataset" / "manifest.csv")}
+        if prune_image_cache(image_cache_dir(cfg), used):
+            # model-grid volumes are keyed by file, not by name: drop them with any image
+            # that went (rare: a changed series or a removed study); rebuilt when needed
+            shutil.rmtree(grid_cache_dir(cfg), ignore_errors=True)
         outcome = RetrainOutcome(dataset, run_dir)
         stage(
             f"dataset: {len(dataset.train_annotations)} training and "
             f"{len(dataset.holdout_annotations)} held-out studies"
             + (f", {dataset.phantom_cases} phantom cases" if dataset.phantom_cases else "")
             + (f"; {len(dataset.skipped)} annotations skipped" if dataset.skipped else "")
+            + (f"; {dataset.cache_hits} images from the cache" if dataset.cache_hits else "")
         )
         if options.dry_run:
             outcome.wall_s = time.monotonic() - t0
@@ -227,16 +252,17 @@ def run_retrain(
             train_manifest=dataset.train_manifest,
             train_cases=len(dataset.train_annotations) + dataset.phantom_cases,
             run_dir=run_dir,
-            cache_dir=run_dir / "cache",
+            cache_dir=grid_cache_dir(cfg),
             threads=threads,
             fine_tune=fine_tune,
+            budget_min=budget_s / 60.0,
         )
         stage(("fine-tuning " + parent) if fine_tune else "training from scratch")
         train_deadline = deadline - EVALUATION_SHARE * budget_s
         bundle_dir, stopped = run_training(tcfg, deadline=train_deadline, tick=stage)
         outcome.stopped_at_deadline = stopped
         stage("evaluating the candidate and the active model on the same cases")
-        gate_in, table = _evaluate(cfg, bundle_dir, active_dir, dataset, run_dir)
+        gate_in, table = _evaluate(cfg, bundle_dir, active_dir, dataset)
         decision = decide(gate_in, rc.gate)
         table["active_version"] = parent
         table["rules"] = [vars(r) for r in decision.rules]
@@ -262,9 +288,7 @@ def run_retrain(
         return outcome
     finally:
         lease.release()
-        # The exported images and their model-grid cache are re-made by every run.
-        for leftover in ("dataset/images", "cache"):
-            shutil.rmtree(run_dir / leftover, ignore_errors=True)
+        shutil.rmtree(run_dir / "dataset" / "images", ignore_errors=True)  # kept: image cache
 
 
 __all__ = [
@@ -272,6 +296,8 @@ __all__ = [
     "RetrainOptions",
     "RetrainOutcome",
     "code_version",
+    "grid_cache_dir",
+    "image_cache_dir",
     "retrain_root",
     "run_retrain",
 ]

@@ -39,6 +39,8 @@ class RetrainDataset:
     holdout_rows: list[ManifestRow] = field(default_factory=list)
     phantom_cases: int = 0
     skipped: list[tuple[int, str]] = field(default_factory=list)
+    cache_hits: int = 0
+    """Studies whose image came from the image cache (their series unchanged)."""
 
     def summary(self) -> dict[str, object]:
         """What the candidate records: annotation ids, the hash, counts (no PHI)."""
@@ -47,6 +49,7 @@ class RetrainDataset:
             "holdout_annotation_ids": self.holdout_annotations,
             "sha256": self.sha256,
             "phantom_cases": self.phantom_cases,
+            "image_cache_hits": self.cache_hits,
             "skipped": [{"annotation_id": a, "reason": r} for a, r in self.skipped],
         }
 
@@ -95,14 +98,16 @@ def build_dataset(
     holdout_min: int,
     phantom_cases: int = 0,
     phantom_dir: Path | None = None,
+    image_cache: Path | None = None,
 ) -> RetrainDataset:
-    """Export the annotated studies to ``out_dir`` and split them into train/held-out
-    manifests. Raises :class:`NoAnnotationsError` when no study can be used."""
+    """Export the annotated studies to ``out_dir`` (their images kept in ``image_cache``
+    across retrains when given) and split them into train/held-out manifests. Raises
+    :class:`NoAnnotationsError` when no study can be used."""
     if not annotation_rows(engine):
         raise NoAnnotationsError(
             "no annotated studies: import annotations first (`dicomnode annotations import`)"
         )
-    export = export_dataset(engine, archive_root, out_dir)
+    export = export_dataset(engine, archive_root, out_dir, image_cache=image_cache)
     rows = read_manifest(export.manifest) if export.cases else []
     if len(rows) < 2:
         reasons = "; ".join(f"annotation {a}: {r}" for a, r in export.skipped) or "none"
@@ -136,7 +141,19 @@ def build_dataset(
         holdout_rows=held,
         phantom_cases=len(phantoms),
         skipped=export.skipped,
+        cache_hits=export.cache_hits,
     )
+
+
+def prune_image_cache(image_cache: Path, keep: set[Path]) -> int:
+    """Delete cached images that the current dataset no longer uses (superseded series,
+    purged or deleted studies); returns how many."""
+    removed = 0
+    for f in image_cache.glob("*.nii.gz"):
+        if f.resolve() not in keep:
+            f.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 __all__ = [
@@ -146,4 +163,5 @@ __all__ = [
     "build_dataset",
     "holdout_study_uids",
     "phantom_rows",
+    "prune_image_cache",
 ]

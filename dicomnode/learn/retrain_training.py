@@ -27,7 +27,19 @@ log = logging.getLogger("dicomnode.retrain")
 MAX_EPOCHS = 10_000
 """Epochs of a budget-bound run: the deadline, not the count, ends it."""
 STEPS_PER_EPOCH = 50
-"""Steps between validations (checkpoints) of a budget-bound run."""
+"""Steps between validations (checkpoints) of a budget-bound run of 20 minutes or more."""
+MIN_STEPS_PER_EPOCH = 5
+
+
+def steps_per_epoch(budget_min: float | None) -> int:
+    """Steps between checkpoints: :data:`STEPS_PER_EPOCH` for 20 minutes or more, fewer
+    for a short budget (2.5 per budget minute, at least :data:`MIN_STEPS_PER_EPOCH`), so
+    that a short retrain on a busy CPU still reaches its first checkpoint."""
+    if budget_min is None:
+        return STEPS_PER_EPOCH
+    return max(MIN_STEPS_PER_EPOCH, min(STEPS_PER_EPOCH, round(2.5 * budget_min)))
+
+
 MAX_FOLDS = 5
 STOP_GRACE_S = 10.0
 
@@ -46,8 +58,10 @@ def train_config(
     cache_dir: Path,
     threads: int,
     fine_tune: bool,
+    budget_min: float | None = None,
 ) -> dict[str, Any]:
-    """The ``glip train`` configuration (a mapping) of a retrain."""
+    """The ``glip train`` configuration (a mapping) of a retrain (checkpoints spaced for
+    ``budget_min`` when it starts from the active bundle)."""
     from glipcore.bundle import read_manifest
 
     cfg: dict[str, Any]
@@ -62,7 +76,7 @@ def train_config(
             "model": manifest.model.model_dump(mode="json"),
             "loss": {"name": manifest.loss, "variant": meta.get("loss_variant", "code")},
             "grid": {"sigma_mm": [manifest.sigma_mm], "lam": [meta.get("lambda", 10.0)]},
-            "optim": {"epochs": MAX_EPOCHS, "steps_per_epoch": STEPS_PER_EPOCH},
+            "optim": {"epochs": MAX_EPOCHS, "steps_per_epoch": steps_per_epoch(budget_min)},
         }
         if "crop_size_zyx" in meta:
             cfg["crop"] = {"size_zyx": meta["crop_size_zyx"]}
@@ -190,5 +204,6 @@ __all__ = [
     "TrainingError",
     "bundle_from_checkpoint",
     "run_training",
+    "steps_per_epoch",
     "train_config",
 ]

@@ -123,7 +123,12 @@ class Worker:
         with self.sessions() as s, s.begin():
             path = resolve_bundle(s, self.cfg)
         threads = self.cfg.worker.torch_threads or default_torch_threads()
-        self.predictor = Predictor(path, threads=threads, device=self.cfg.worker.device)
+        self.predictor = Predictor(
+            path,
+            threads=threads,
+            device=self.cfg.worker.device,
+            tta_passes=self.cfg.worker.tta_passes,
+        )
         version = self.predictor.model_version
         with self.sessions() as s:
             self.model_version_id = s.scalars(
