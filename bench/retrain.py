@@ -726,7 +726,13 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--cases", type=int, default=40, help="scenario studies sent (default 40)")
     ap.add_argument("--budget", type=float, default=20.0, help="retrain budget, minutes")
-    ap.add_argument("--scenario", choices=sorted(SCENARIOS), default="heavy-hinge-calcium")
+    ap.add_argument(
+        "--scenario",
+        choices=sorted(SCENARIOS),
+        default="difficult-site",
+        help="site difference (default difficult-site: the shipped model handles heavy "
+        "calcium alone already)",
+    )
     ap.add_argument("--workdir", type=Path, default=None, help="kept (default: a temp folder)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary work folder")
     ap.add_argument("--preset", choices=("full", "fast"), default="full", help="scan size")
@@ -737,8 +743,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--phantom-cases",
         type=int,
-        default=0,
-        help="ordinary phantoms mixed into training (retrain.phantom_cases; against forgetting)",
+        default=16,
+        help="ordinary phantoms mixed into training (retrain.phantom_cases; against "
+        "forgetting: without them a small-size run lost 0.77 -> 2.15 mm on the reference set)",
     )
     args = ap.parse_args(argv)
     opts = Options(
