@@ -405,7 +405,10 @@ class RetrainGateConfig(_Section):
     # The candidate's SDR at 2 mm may be lower than the active model's by at most this.
     sdr2_margin: float = Field(default=0.0, ge=0, le=1)
     # On the fixed phantom reference set: median margin (mm) against the active model.
-    reference_margin_mm: float = Field(default=0.25, ge=0)
+    # 0.25 refused a candidate that cut a site's held-out median from 2.24 to 1.38 mm for
+    # +0.29 mm on 4 reference phantoms (bench.retrain, difficult-site); 10 mm-poisoned
+    # annotations fail the held-out rules by far more.
+    reference_margin_mm: float = Field(default=0.5, ge=0)
 
 
 class RetrainConfig(_Section):
@@ -426,7 +429,7 @@ class RetrainConfig(_Section):
     # Phantom cases mixed into the training set (0: none).
     phantom_cases: int = Field(default=0, ge=0)
     # Phantoms of the fixed reference set (seeded, never annotated) and its seed.
-    reference_cases: int = Field(default=4, ge=1)
+    reference_cases: int = Field(default=8, ge=1)
     reference_seed: int = 9_000
     # Paired bootstrap resamples of the comparison's confidence intervals.
     bootstrap: int = Field(default=1000, ge=100)
