@@ -603,7 +603,9 @@ def run_bench(opts: Options, say: Callable[[str], None] = print) -> BenchReport:
         stages["poisoned retrain"] = time.monotonic() - t
         with session_factory(node.engine)() as s:
             am = active_model(s)
-            active_after = am.version if am is not None else None
+            active_after = (
+                am.version if am is not None else "none promoted: the configured bundle stays"
+            )
         say(f"poisoned candidate {second.candidate}: {second.decision}; active: {active_after}")
 
         ordinary_table = None
