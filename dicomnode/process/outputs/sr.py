@@ -136,9 +136,21 @@ def _annulus_group(ctx: OutputContext) -> hd.sr.PlanarROIMeasurementsAndQualitat
         (c.PRIMARY_ANGLE, view.lao_deg, c.DEG),
         (c.SECONDARY_ANGLE, view.cranial_deg, c.DEG),
     ]
+    measurements = [hd.sr.Measurement(name=n, value=float(v), unit=u) for n, v, u in values]
+    return _ring_group(ctx, "annulus", "Annulus plane", polygon, measurements)
+
+
+def _ring_group(
+    ctx: OutputContext,
+    key: str,
+    identifier: str,
+    polygon: np.ndarray,
+    measurements: list[hd.sr.Measurement],
+) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+    """A measurement group on the aortic ring: a closed SCOORD3D polygon and its NUMs."""
     return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=tracking_uid(ctx, "annulus"), identifier="Annulus plane"
+            uid=tracking_uid(ctx, key), identifier=identifier
         ),
         referenced_region=hd.sr.ImageRegion3D(
             graphic_type=hd.sr.GraphicTypeValues3D.POLYGON,
@@ -148,10 +160,7 @@ def _annulus_group(ctx: OutputContext) -> hd.sr.PlanarROIMeasurementsAndQualitat
         finding_type=c.AORTIC_RING,
         algorithm_id=algorithm(ctx),
         finding_sites=[hd.sr.FindingSite(anatomic_location=c.AORTIC_VALVE)],
-        measurements=[
-            hd.sr.Measurement(name=name, value=float(value), unit=unit)
-            for name, value, unit in values
-        ],
+        measurements=measurements,
     )
 
 
@@ -177,24 +186,12 @@ def _annulus_sizing_group(
         (c.AREA_DIAMETER, s.area_diameter_mm, c.MM),
         (c.PERIMETER_DIAMETER, s.perimeter_diameter_mm, c.MM),
     ]
-    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=tracking_uid(ctx, "annulus-lumen"), identifier="Aortic annulus"
-        ),
-        referenced_region=hd.sr.ImageRegion3D(
-            graphic_type=hd.sr.GraphicTypeValues3D.POLYGON,
-            graphic_data=polygon,
-            frame_of_reference_uid=ctx.frame_of_reference_uid,
-        ),
-        finding_type=c.AORTIC_RING,
-        algorithm_id=algorithm(ctx),
-        finding_sites=[hd.sr.FindingSite(anatomic_location=c.AORTIC_VALVE)],
-        measurements=[
-            *(hd.sr.Measurement(name=n, value=float(v), unit=u) for n, v, u in values),
-            *diameter,
-            hd.sr.Measurement(name=c.ECCENTRICITY, value=float(s.eccentricity), unit=c.NO_UNITS),
-        ],
-    )
+    measurements = [
+        *(hd.sr.Measurement(name=n, value=float(v), unit=u) for n, v, u in values),
+        *diameter,
+        hd.sr.Measurement(name=c.ECCENTRICITY, value=float(s.eccentricity), unit=c.NO_UNITS),
+    ]
+    return _ring_group(ctx, "annulus-lumen", "Aortic annulus", polygon, measurements)
 
 
 def _ostium_group(
