@@ -748,7 +748,7 @@ def main(argv: list[str] | None = None) -> None:
         default=48,
         help="ordinary phantoms mixed into training (retrain.phantom_cases; against "
         "forgetting: with 16 the first difficult-site candidate lost 0.46 mm on ordinary "
-        "phantoms and was refused, with 48 it passed)")",
+        "phantoms and was refused, with 48 it passed)",
     )
     args = ap.parse_args(argv)
     opts = Options(
