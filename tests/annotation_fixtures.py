@@ -69,14 +69,27 @@ def phantom_ct(out_dir: Path, seed: int = 5) -> tuple[list[Path], Volume, FloatA
 
 def archive_phantom_study(db_url: str, tmp_path: Path, seed: int = 5) -> Archived:
     """Write, ingest and select a phantom CT series (the assembler makes its job)."""
-    cfg = node_config(db_url, tmp_path / "var")
-    rig = Rig(cfg)
     files, vol, hinges, ostia = phantom_ct(tmp_path / f"ct{seed}", seed)
+    return archive_series(db_url, tmp_path / "var", files, vol, hinges, ostia, "phantom")
+
+
+def archive_series(
+    db_url: str,
+    var: Path,
+    files: list[Path],
+    vol: Volume,
+    hinges: FloatArray,
+    ostia: FloatArray,
+    what: str,
+) -> Archived:
+    """Send a written CT series to a node on ``db_url``, sweep until the assembler selects
+    it (a job exists) and return it as :class:`Archived`."""
+    rig = Rig(node_config(db_url, var))
     rig.send(files)
     rig.sweep_after(5.0)
     rig.sweep_after(5.0)
     if not rig.jobs():
-        raise RuntimeError("the phantom series was not selected")
+        raise RuntimeError(f"the {what} series was not selected")
     head = pydicom.dcmread(files[0], stop_before_pixels=True)
     return Archived(
         rig,

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pydicom
 import yaml
 from annotation_fixtures import (
     HINGE_COLUMNS,
@@ -16,10 +15,11 @@ from annotation_fixtures import (
     SPACING_MM,
     Archived,
     archive_phantom_study,
+    archive_series,
     csv_text,
     point_cells,
 )
-from ingest_fixtures import Rig, node_config
+from ingest_fixtures import node_config
 from sqlalchemy import Engine
 
 from dicomnode.config import NodeConfig
@@ -113,26 +113,9 @@ def blob_ct(seed: int) -> tuple[Volume, Any, Any]:
 
 def archive_blob_study(db_url: str, tmp: Path, seed: int) -> Archived:
     """:func:`blob_ct` written as a CT series, ingested and selected (a job exists)."""
-    cfg = node_config(db_url, tmp / "var")
-    rig = Rig(cfg)
     vol, hinges, ostia = blob_ct(seed)
     files = write_ct_series(vol, tmp / f"blob{seed}", SeriesMeta.synthetic(seed, f"blob{seed}"))
-    rig.send(files)
-    rig.sweep_after(5.0)
-    rig.sweep_after(5.0)
-    if not rig.jobs():
-        raise RuntimeError("the blob series was not selected")
-    head = pydicom.dcmread(files[0], stop_before_pixels=True)
-    return Archived(
-        rig,
-        files,
-        vol,
-        hinges,
-        ostia,
-        str(head.StudyInstanceUID),
-        str(head.SeriesInstanceUID),
-        str(head.FrameOfReferenceUID),
-    )
+    return archive_series(db_url, tmp / "var", files, vol, hinges, ostia, "blob")
 
 
 def make_site(
