@@ -55,12 +55,13 @@ from pydicom.uid import generate_uid
 from sqlalchemy import Engine, func, select
 
 from dicomnode.config import NodeConfig
-from dicomnode.db.models import Annotation, Job, ModelVersion, Result, Study
+from dicomnode.db.models import Annotation, ModelVersion, Result
 from dicomnode.db.session import make_engine, session_factory
 from dicomnode.learn.compare import CaseErrors, compare, predict_errors
 from dicomnode.learn.registry import active_model
 from dicomnode.learn.retrain_dataset import holdout_study_uids
 from dicomnode.learn.sr_points import sr_points
+from dicomnode.process.jobs import latest_study_job
 from glipcore import LANDMARKS
 from glipcore.manifest import ManifestRow, read_manifest, write_manifest
 from glipcore.metrics import euclidean_errors
@@ -350,12 +351,7 @@ class Node:
         out = {}
         with session_factory(self.engine)() as s:
             for uid in study_uids:
-                job = s.scalars(
-                    select(Job)
-                    .join(Study, Study.id == Job.study_fk)
-                    .where(Study.study_instance_uid == uid)
-                    .order_by(Job.id.desc())
-                ).first()
+                job = latest_study_job(s, uid)
                 if job is None:
                     continue
                 if job.state in ("failed", "cancelled"):

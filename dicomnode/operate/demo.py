@@ -28,12 +28,12 @@ from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 from sqlalchemy import select
 
 from dicomnode.config import NodeConfig
-from dicomnode.db.models import Delivery, Job, Result, Study
+from dicomnode.db.models import Delivery, Result, Study
 from dicomnode.db.session import session_factory
 from dicomnode.deliver.states import DeliveryState
 from dicomnode.operate.embedded import EmbeddedNode
 from dicomnode.operate.localpacs import dcmtk_tool, start_local_pacs
-from dicomnode.process.jobs import JobState
+from dicomnode.process.jobs import JobState, latest_study_job
 from dicomnode.process.result_keys import OSTIUM_NAMES, height_key
 from glipcore import LANDMARKS, phantom
 from glipcore.dicomwrite import SeriesMeta, write_ct_series
@@ -165,12 +165,7 @@ def wait_delivered(
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         with sessions() as s:
-            job = s.scalars(
-                select(Job)
-                .join(Study, Study.id == Job.study_fk)
-                .where(Study.study_instance_uid == study_uid)
-                .order_by(Job.id.desc())
-            ).first()
+            job = latest_study_job(s, study_uid)
             if job is None:
                 tick("waiting for the series to complete (quiet time)")
             elif job.state in (JobState.FAILED, JobState.CANCELLED, JobState.SUPERSEDED):

@@ -34,7 +34,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Engine, and_, or_, select, update
 from sqlalchemy.orm import Session
 
-from dicomnode.db.models import Job, utcnow
+from dicomnode.db.models import Job, Study, utcnow
 from dicomnode.db.session import session_factory
 from dicomnode.process.events import add_event
 
@@ -302,6 +302,16 @@ def fail_exhausted(engine: Engine, max_attempts: int, now: datetime | None = Non
         for job_id, series_fk, study_fk in rows:
             add_event(s, "job_failed", reason, job=job_id, series=series_fk, study=study_fk)
     return len(rows)
+
+
+def latest_study_job(s: Session, study_uid: str) -> Job | None:
+    """The newest job of the study with this StudyInstanceUID (None: none yet)."""
+    return s.scalars(
+        select(Job)
+        .join(Study, Study.id == Job.study_fk)
+        .where(Study.study_instance_uid == study_uid)
+        .order_by(Job.id.desc())
+    ).first()
 
 
 def _held(claim: Claim) -> ColumnElement[bool]:
