@@ -137,6 +137,7 @@ def make_site(
         "holdout_fraction": 0.3,
         "holdout_min": 2,
         "reference_cases": 1,
+        "phantom_cases": 0,
         "bootstrap": 100,
         "threads": 1,
         "budget_min": 5.0,
