@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -15,8 +16,12 @@ from rich.text import Text
 
 from dicomnode.operate.admin import jsonable
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+# Piped into a file or a log, rich would cut tables at 80 columns ("..."): print them whole.
+PIPED_WIDTH = 160
+console = Console(highlight=False, width=None if sys.stdout.isatty() else PIPED_WIDTH)
+err_console = Console(
+    stderr=True, highlight=False, width=None if sys.stderr.isatty() else PIPED_WIDTH
+)
 
 
 def print_json(value: Any) -> None:
