@@ -171,10 +171,10 @@ def test_late_instances_get_new_uids_and_pacs_keeps_no_stale_copy(
             }
     assert len(results) == 2 and all(r.status in ("ok", "flagged") for r in results)
     uids = [{d.sop_instance_uid for d in by_result[r.id]} for r in results]
-    assert len(uids[0]) == len(uids[1]) == 5 and not uids[0] & uids[1]
+    assert len(uids[0]) == len(uids[1]) == 7 and not uids[0] & uids[1]  # SR, SEG, 5 key images
     # No UID of the first result was reused for the second, so Orthanc's copy is never stale.
     stored = pacs_holds_what_the_node_sent(orthanc, deliveries)
-    assert len(orthanc.instances()) == 10
+    assert len(orthanc.instances()) == 14
     # The final SR: made from all 320 instances, names the first SR, within 3 mm.
     (sr1,) = [stored[d.sop_instance_uid] for d in by_result[results[0].id] if d.kind == "sr"]
     (sr2,) = [stored[d.sop_instance_uid] for d in by_result[results[1].id] if d.kind == "sr"]

@@ -65,12 +65,15 @@ def test_worker_processes_a_job(rig_factory: Any, fast_case: tuple[list[Path], A
         assert {"load", "resample", "inference", "decode", "sizing", "encode"} <= set(
             res.timings or {}
         )
-        # The annulus sized on the predicted plane; a three-landmark model has no ostia.
+        # The annulus sized on the predicted plane; the shipped model also finds the ostia.
         m = res.measurements or {}
         assert abs(m["annulus_area_mm2"] / truth.annulus_area_mm2 - 1.0) < 0.15, m
         assert m["annulus_min_diameter_mm"] <= m["annulus_max_diameter_mm"]
-        assert "annulus_sizing_refusal" not in m and "lco_height_mm" not in m
-        assert len((res.outputs or {})["keyimage"]) == 3
+        assert "annulus_sizing_refusal" not in m
+        truth_heights = [truth.measurements[f"{s}_ostium_height_mm"] for s in ("left", "right")]
+        assert abs(m["lco_height_mm"] - truth_heights[0]) < 2.0, m
+        assert abs(m["rco_height_mm"] - truth_heights[1]) < 2.0, m
+        assert len((res.outputs or {})["keyimage"]) == 5  # three views and one per ostium
         outputs = res.outputs or {}
         for kind in ("sr", "seg", "keyimage"):
             assert outputs.get(kind), kind
