@@ -66,7 +66,8 @@ def test_register_shipped_bundle_is_verified_and_idempotent(session: Session) ->
     _, version = read_manifest(SHIPPED_BUNDLE)
     mv = register_bundle(session, SHIPPED_BUNDLE)
     assert mv.version == version
-    assert mv.version.startswith("phantom-glip-") and len(mv.version) == len("phantom-glip-") + 12
+    name = json.loads((SHIPPED_BUNDLE / "bundle.json").read_text())["name"]
+    assert name.startswith("phantom-glip") and mv.version == f"{name}-{mv.sha256[:12]}"
     assert mv.sha256.startswith(version.rsplit("-", 1)[1]) and len(mv.sha256) == 64
     assert mv.trained_on_phantom is True
     assert mv.active is False

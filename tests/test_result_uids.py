@@ -157,6 +157,9 @@ def test_late_instances_get_new_uids_and_pacs_keeps_no_stale_copy(
         orthanc,
         database={"url": migrated_url},
         selection={"late_instances": "reprocess"},
+        # A 1 s quiet time split the late half under load (a job on 1 mm + some 0.5 mm
+        # slices, refused as non-uniform): 3 s keeps each half one input set.
+        assembler={"quiet_time_s": 3.0, "sweep_interval_s": 0.2},
     )
     with EmbeddedNode(cfg) as node:
         storescu(cfg, node.port, first)

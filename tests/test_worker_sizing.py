@@ -68,7 +68,9 @@ def test_refused_sizing_still_delivers_the_hinge_points(rig_factory: Any, tmp_pa
         assert np.all(euclidean_errors(pts, truth.landmarks_lps) < 4.0)
         m = res.measurements or {}
         assert str(m["annulus_sizing_refusal"]).startswith("no_lumen: no contrast-filled"), m
-        assert "annulus_area_mm2" not in m and "lco_height_mm" not in m
+        assert "annulus_area_mm2" not in m
+        # The ostium heights need the hinge plane only, not the lumen: still reported.
+        assert m["lco_height_mm"] > 0 and m["rco_height_mm"] > 0, m
         assert {"sizing", "sizing_cpu"} <= set(res.timings or {})
         assert [d.kind for d in s.scalars(select(Delivery))] == ["sr"]  # delivered
         sr_path = (res.outputs or {})["sr"][0]["path"]
@@ -86,11 +88,11 @@ def test_refused_sizing_still_delivers_the_hinge_points(rig_factory: Any, tmp_pa
 
 def _coincident_bundle(out: Path) -> Path:
     """The shipped model with its LCC channel replaced by its RCC channel: LCC and RCC
-    land on one spot, a degenerate prediction."""
+    land on one spot, a degenerate prediction (the other channels stay)."""
     shipped = load_bundle(SHIPPED)
     m = shipped.manifest
-    source = {"RCC": "RCC", "LCC": "RCC", "NCC": "NCC"}
-    channels = [m.landmarks.index(source[n]) for n in m.landmarks]
+    source = {"LCC": "RCC"}  # every other channel (NCC, the ostia) stays
+    channels = [m.landmarks.index(source.get(n, n)) for n in m.landmarks]
     state = {k: v.clone() for k, v in shipped.models[0].state_dict().items()}
     for key in ("head.weight", "head.bias"):
         state[key] = state[key][channels].clone()
