@@ -34,13 +34,13 @@ SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture
 
 def e2e_config(tmp: Path, orthanc: Any, **overrides: Any) -> NodeConfig:
     """A node on a free port that takes storescu's series and delivers to ``orthanc``."""
-    return NodeConfig(
-        var_dir=tmp / "var",
-        network={"port": 0},
-        access={"allowed": [{"ae_title": "STORESCU"}]},
-        archive={"min_free": "0"},
-        assembler={"quiet_time_s": 1.0, "sweep_interval_s": 0.2},
-        destinations=[
+    settings: dict[str, Any] = {
+        "var_dir": tmp / "var",
+        "network": {"port": 0},
+        "access": {"allowed": [{"ae_title": "STORESCU"}]},
+        "archive": {"min_free": "0"},
+        "assembler": {"quiet_time_s": 1.0, "sweep_interval_s": 0.2},
+        "destinations": [
             {
                 "name": "orthanc",
                 "ae_title": orthanc.ae_title,
@@ -48,10 +48,10 @@ def e2e_config(tmp: Path, orthanc: Any, **overrides: Any) -> NodeConfig:
                 "port": orthanc.dicom_port,
             }
         ],
-        delivery={"poll_interval_s": 0.2, "backoff_initial_s": 0.5},
-        worker={"poll_interval_s": 0.2},
-        **overrides,
-    )
+        "delivery": {"poll_interval_s": 0.2, "backoff_initial_s": 0.5},
+        "worker": {"poll_interval_s": 0.2},
+    }
+    return NodeConfig(**{**settings, **overrides})
 
 
 def storescu(cfg: NodeConfig, port: int, files: list[Path]) -> None:
