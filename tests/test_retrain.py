@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from retrain_fixtures import Site, make_site
@@ -18,9 +19,11 @@ from dicomnode.db.session import session_factory, session_scope
 from dicomnode.learn.gate import PASSED
 from dicomnode.learn.registry import active_model, resolve_bundle
 from dicomnode.learn.retrain import RetrainOptions, run_retrain
-from dicomnode.learn.retrain_dataset import holdout_study_uids
+from dicomnode.learn.retrain_dataset import UncoveredLandmarksError, holdout_study_uids
 from dicomnode.process.worker import Worker
+from glipcore import ALL_LANDMARKS
 from glipcore.manifest import read_manifest
+from tests.toy_cases import toy_bundle
 
 
 @pytest.fixture
@@ -115,3 +118,29 @@ def _dry_run(site: Site) -> None:
     assert again.dataset.sha256 == out.dataset.sha256
     with session_factory(site.engine)() as s:
         assert active_model(s) is None
+
+
+def test_five_landmark_retrain_needs_a_case_that_knows_the_ostia(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """Hinge-only annotations and no phantoms cannot teach a five-landmark model its ostia:
+    refused before training, saying how to fix it; a mixed-in phantom carries them."""
+    five = toy_bundle(tmp_path / "five", ALL_LANDMARKS, widths=(4, 8, 16))
+    site = make_site(sqlite_url, tmp_path, studies=4, bundle=five, phantom_cases=0)
+    try:
+        site.import_points()
+        with pytest.raises(UncoveredLandmarksError, match=r"predicts LCO, RCO .*phantom_cases"):
+            run_retrain(site.cfg, site.engine, RetrainOptions(dry_run=True))
+        config = tmp_path / "node.yaml"
+        config.write_text(yaml.safe_dump(site.cfg.model_dump(mode="json")))
+        res = CliRunner().invoke(app, ["retrain", "--dry-run", "--config", str(config)])
+        assert res.exit_code == 1 and "no training case knows them" in " ".join(res.output.split())
+        mixed = site.cfg.model_copy(
+            update={"retrain": site.cfg.retrain.model_copy(update={"phantom_cases": 1})}
+        )
+        out = run_retrain(mixed, site.engine, RetrainOptions(dry_run=True))
+        rows = read_manifest(out.run_dir / "dataset" / "train.csv", check_paths=False)
+        (phantom,) = [r for r in rows if r.case_id.startswith("phantom-7000-")]
+        assert np.all(np.isfinite(phantom.points(("LCO", "RCO"))))
+    finally:
+        site.close()

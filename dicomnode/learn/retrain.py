@@ -39,6 +39,7 @@ from dicomnode.learn.registry import promote, register_bundle, resolve_bundle
 from dicomnode.learn.retrain_dataset import (
     RetrainDataset,
     build_dataset,
+    check_landmark_coverage,
     phantom_rows,
     prune_image_cache,
 )
@@ -236,14 +237,15 @@ def run_retrain(
             + (f"; {len(dataset.skipped)} annotations skipped" if dataset.skipped else "")
             + (f"; {dataset.cache_hits} images from the cache" if dataset.cache_hits else "")
         )
-        if options.dry_run:
-            outcome.wall_s = time.monotonic() - t0
-            return outcome
         with session_scope(session_factory(engine)) as s:
             active_dir = resolve_bundle(s, cfg)
         from glipcore.bundle import read_manifest
 
-        parent = read_manifest(active_dir)[1]
+        active_manifest, parent = read_manifest(active_dir)
+        check_landmark_coverage(read_rows(dataset.train_manifest), active_manifest.landmarks)
+        if options.dry_run:
+            outcome.wall_s = time.monotonic() - t0
+            return outcome
         fine_tune = rc.fine_tune and not options.from_scratch
         base = yaml.safe_load(rc.train_config.read_text()) if rc.train_config else None
         tcfg = train_config(

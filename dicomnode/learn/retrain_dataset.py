@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from sqlalchemy import Engine
 
 from dicomnode.learn.annotation_export import annotation_rows, case_id, export_dataset
@@ -25,6 +27,27 @@ MIXED_PHANTOM_SEED = 7_000
 
 class NoAnnotationsError(RuntimeError):
     """No usable annotated study: nothing to retrain on."""
+
+
+class UncoveredLandmarksError(NoAnnotationsError):
+    """The active model predicts a landmark that no training case knows (nothing would
+    teach it; fine-tuning would let it drift unseen)."""
+
+
+def check_landmark_coverage(rows: Sequence[ManifestRow], landmarks: Sequence[str]) -> None:
+    """:class:`UncoveredLandmarksError` naming the landmarks no row has, with the fix."""
+    missing = [
+        name
+        for k, name in enumerate(landmarks)
+        if not any(np.all(np.isfinite(r.points(landmarks)[k])) for r in rows)
+    ]
+    if missing:
+        raise UncoveredLandmarksError(
+            f"the active model predicts {', '.join(missing)} but no training case knows "
+            f"{'it' if len(missing) == 1 else 'them'}: mix in phantom cases "
+            "(retrain.phantom_cases; phantoms carry the coronary ostia) or annotate them "
+            "(CSV columns LCO_x .. RCO_z, or SR points with the ostium finding sites)"
+        )
 
 
 @dataclass
@@ -80,12 +103,13 @@ def phantom_rows(out_dir: Path, seed: int, count: int) -> list[ManifestRow]:
         cid = phantom_id(seed, i)
         path = out_dir / f"{cid}.nii.gz"
         truth_file = out_dir / f"{cid}.json"
-        if not (path.is_file() and truth_file.is_file()):
+        known = json.loads(truth_file.read_text()) if truth_file.is_file() else None
+        if not (path.is_file() and isinstance(known, dict)):  # a list: hinges only (older)
             vol, truth = generate(seed, i, "model")
             save_nifti(vol, path)
-            truth_file.write_text(json.dumps(truth.landmarks_lps.tolist()))
-        landmarks = json.loads(truth_file.read_text())
-        rows.append(ManifestRow(cid, path, landmarks))
+            known = {"landmarks": truth.landmarks_lps.tolist(), "ostia": truth.ostia_lps.tolist()}
+            truth_file.write_text(json.dumps(known))
+        rows.append(ManifestRow(cid, path, known["landmarks"], ostia=np.array(known["ostia"])))
     return rows
 
 
@@ -160,7 +184,9 @@ __all__ = [
     "MIXED_PHANTOM_SEED",
     "NoAnnotationsError",
     "RetrainDataset",
+    "UncoveredLandmarksError",
     "build_dataset",
+    "check_landmark_coverage",
     "holdout_study_uids",
     "phantom_rows",
     "prune_image_cache",
