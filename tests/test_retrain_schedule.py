@@ -82,7 +82,9 @@ def test_scheduled_retrain_runs_in_a_subprocess_and_skips_while_the_lease_is_hel
         with session_factory(site.engine)() as s:
             mv = s.scalars(select(ModelVersion).where(ModelVersion.decision.is_not(None))).one()
             assert mv.parent_version is not None and mv.parent_version.startswith("toy-")
+        # appended per run: a later tick that found the lease taken keeps this output
         output = (retrain_root(site.cfg) / "scheduled-retrain.log").read_text()
         assert f"candidate {mv.version}" in output
+        assert output.startswith("=== scheduled retrain ")
     finally:
         site.close()

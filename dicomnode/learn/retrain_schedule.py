@@ -34,6 +34,8 @@ NICE = 10
 """Niceness added to the retrain subprocess (the receiver keeps its priority)."""
 BUSY_EXIT = 3
 """Exit status of ``dicomnode retrain`` while another retrain holds the lease."""
+LOG_ROTATE_BYTES = 5_000_000
+"""scheduled-retrain.log is moved to scheduled-retrain.log.1 past this size."""
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 _EVERY = re.compile(r"^every\s+(\d+(?:\.\d+)?)\s*(s|m|h|d)$")
 _UNIT_S = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -138,7 +140,15 @@ def run_scheduled_retrain(cfg: NodeConfig, engine: Engine) -> ScheduledRun:
         NICE,
         log_file,
     )
-    with open(log_file, "wb") as sink:
+    if log_file.exists() and log_file.stat().st_size > LOG_ROTATE_BYTES:
+        log_file.replace(log_file.with_name(log_file.name + ".1"))
+    # appended, one header per run: a later run (even one that finds the lease taken)
+    # never wipes the output of the retrain before it
+    with open(log_file, "ab") as sink:
+        header = f"=== scheduled retrain {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC ===\n"
+        sink.write(header.encode())
+        sink.flush()
+        start = sink.tell()
         proc = subprocess.run(
             retrain_command(config_file),
             stdout=sink,
@@ -147,7 +157,10 @@ def run_scheduled_retrain(cfg: NodeConfig, engine: Engine) -> ScheduledRun:
             preexec_fn=_lower_priority,
             check=False,
         )
-    tail = "\n".join(log_file.read_text(errors="replace").strip().splitlines()[-8:])
+    with open(log_file, "rb") as f:
+        f.seek(start)
+        this_run = f.read().decode(errors="replace")
+    tail = "\n".join(this_run.strip().splitlines()[-8:])
     if proc.returncode == BUSY_EXIT:
         log.warning("scheduled retrain skipped: %s", tail.splitlines()[-1] if tail else "busy")
         return ScheduledRun(True, tail, proc.returncode, tail)
