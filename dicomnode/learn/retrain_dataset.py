@@ -19,6 +19,7 @@ from sqlalchemy import Engine
 
 from dicomnode.learn.annotation_export import annotation_rows, case_id, export_dataset
 from dicomnode.learn.holdout import split_holdout
+from glipcore.landmarks import with_truth
 from glipcore.manifest import ManifestRow, read_manifest, write_manifest
 
 MIXED_PHANTOM_SEED = 7_000
@@ -36,11 +37,8 @@ class UncoveredLandmarksError(NoAnnotationsError):
 
 def check_landmark_coverage(rows: Sequence[ManifestRow], landmarks: Sequence[str]) -> None:
     """:class:`UncoveredLandmarksError` naming the landmarks no row has, with the fix."""
-    missing = [
-        name
-        for k, name in enumerate(landmarks)
-        if not any(np.all(np.isfinite(r.points(landmarks)[k])) for r in rows)
-    ]
+    known = with_truth(landmarks, (r.points(landmarks) for r in rows))
+    missing = [name for name in landmarks if name not in known]
     if missing:
         raise UncoveredLandmarksError(
             f"the active model predicts {', '.join(missing)} but no training case knows "
