@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from dicomnode.operate import admin_cli, demo_cli, node_cli
+from glipcore.cli_help import reflow_help
 
 app = typer.Typer(
     name="dicomnode",
@@ -23,6 +24,7 @@ app.command("retrain")(node_cli.retrain)
 app.add_typer(node_cli.db_app, name="db")
 app.add_typer(node_cli.config_app, name="config")
 admin_cli.register(app)
+reflow_help(app)
 
 
 def main() -> None:

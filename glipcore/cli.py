@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from glipcore import model_cli, phantom_cli
+from glipcore.cli_help import reflow_help
 from glipcore.experiment import cli as experiment_cli
 
 app = typer.Typer(
@@ -26,6 +27,7 @@ app.command("evaluate")(model_cli.evaluate)
 app.command("predict")(model_cli.predict)
 app.command("phantom")(phantom_cli.phantom)
 app.add_typer(experiment_cli.app, name="experiment")
+reflow_help(app)
 
 
 def main() -> None:

@@ -169,7 +169,8 @@ def paper(
     interrupted one continues from its last checkpoint under runs/.
 
     Example (background, 2 cores):
-    nohup nice -n 10 glip experiment paper --budget cpu > runs/experiment-paper.log 2>&1 &
+
+      nohup nice -n 10 glip experiment paper --budget cpu > runs/experiment-paper.log 2>&1 &
     """
     b = _budget(budget, budgets, device)
     _go(b, _experiments(experiments), report_dir, only, dry_run, report)
