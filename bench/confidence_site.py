@@ -10,11 +10,19 @@ result (its TTA passes and calibration), so this measures the node as configured
 
     python -m bench.confidence_site --config /path/node.yaml --truth annotations.csv
         [--model VERSION] [--bad-mm 2]
+
+Without ``--config``, it makes the site first: a node (bench.retrain's: SQLite, loopback
+SCP, the given bundle) receives ``--cases`` studies of a bench.retrain scenario (default
+difficult-site: heavy hinge calcium, low contrast, 3x noise, motion blur) by C-STORE and
+processes them; their phantom truth is the reference.
+
+    python -m bench.confidence_site --bundle models/phantom-glip [--cases 40] [--preset fast]
 """
 
 from __future__ import annotations
 
 import csv
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -67,13 +75,50 @@ def first_results(config: Path, model: str | None) -> tuple[str, dict[str, Resul
     return version, out
 
 
+def make_site(
+    work: Path, scenario: str, cases: int, preset: str, bundle: Path | None, threads: int
+) -> tuple[Path, Path]:
+    """A node that has received and processed ``cases`` studies of a bench.retrain
+    ``scenario``; returns its configuration file and the studies' truth as annotation CSV."""
+    from bench.retrain import Node, Options, generate_scenario, node_config, study_uid_of, write_csv
+
+    opts = Options(
+        cases=cases, scenario=scenario, workdir=work, preset=preset, threads=threads, model=bundle
+    )
+    rows = generate_scenario(scenario, work / "scenario", cases, preset)
+    uids = [study_uid_of(r) for r in rows]
+    node = Node(node_config(work, opts), work)
+    try:
+        node.start()
+        for r in rows:
+            node.send(sorted(Path(r.path).glob("*.dcm")))
+        node.wait_processed(uids, opts.timeout_s)
+    finally:
+        node.stop()
+    truth = {u: r.points(LANDMARKS) for u, r in zip(uids, rows, strict=True)}
+    return node.config_file, write_csv(work / "truth.csv", truth, "site")
+
+
 def main(
-    config: Path = typer.Option(..., help="the node's YAML configuration"),
-    truth: Path = typer.Option(..., help="reference hinge points (annotation CSV)"),
+    config: Path | None = typer.Option(None, help="the node's YAML configuration"),
+    truth: Path | None = typer.Option(None, help="reference hinge points (annotation CSV)"),
     model: str | None = typer.Option(None, help="model version (default: the first seen)"),
     bad_mm: float = typer.Option(2.0, help="a landmark this far off is wrong"),
+    bundle: Path | None = typer.Option(None, help="without --config: the node's model bundle"),
+    scenario: str = typer.Option("difficult-site", help="without --config: bench.retrain scenario"),
+    cases: int = typer.Option(40, help="without --config: scenario studies"),
+    preset: str = typer.Option("fast", help="without --config: scan size (fast or full)"),
+    workdir: Path | None = typer.Option(None, help="without --config: kept work folder"),
+    threads: int = typer.Option(2, help="without --config: worker threads"),
 ) -> None:
     """Confidence vs error on the studies of a node that have reference hinge points."""
+    if config is None:
+        work = workdir or Path(tempfile.mkdtemp(prefix="glip-confidence-site-"))
+        work.mkdir(parents=True, exist_ok=True)
+        print(f"making the site: {cases} '{scenario}' studies ({preset}) through a node in {work}")
+        config, truth = make_site(work, scenario, cases, preset, bundle, threads)
+    elif truth is None:
+        raise typer.BadParameter("--truth is needed with --config")
     ref = read_truth(truth)
     version, results = first_results(config, model)
     conf, err, groups = [], [], []

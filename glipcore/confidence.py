@@ -206,10 +206,10 @@ class Calibration:
     """Logistic model of P(error <= 2 mm): sigmoid(intercept + spread_coef * ln(spread_mm +
     spread_floor_mm) + sharp_coef * ln(max(sharpness, 1) / sharpness_ref)).
 
-    ``spread_mm`` is sqrt(fold spread^2 + TTA spread^2); ``sharpness_ref`` is the bundle's
-    (``glipcore.predict.SHARPNESS_REF`` or its metadata). ``spread_coef`` must be negative
-    (or 0 for a sharpness-only model) and ``sharp_coef`` non-negative, so the score falls
-    with spread and rises with sharpness."""
+    ``spread_mm`` is :func:`combined_spread_mm` of the fold and TTA spreads;
+    ``sharpness_ref`` is the bundle's (``glipcore.predict.SHARPNESS_REF`` or its metadata).
+    ``spread_coef`` must be negative (or 0 for a sharpness-only model) and ``sharp_coef``
+    non-negative, so the score falls with spread and rises with sharpness."""
 
     intercept: float
     spread_coef: float
@@ -240,7 +240,14 @@ sharpness alone 0.78, the former peak score 0.53). Refit for another bundle with
 Kept for the five-landmark model that replaced it (phantom-glip-five-885074d8c485): a refit
 on the same seeds found only 3 landmarks more than 2 mm off among 450 (90 phantoms), too few
 events to fit three coefficients; with these constants its AUROC on the evaluation seeds
-was 0.993 [0.982, 1.000] (3 bad landmarks of 450) against 0.66 for the peak score."""
+was 0.993 [0.982, 1.000] (3 bad landmarks of 450) against 0.66 for the peak score.
+
+Kept for its two-fold ensemble (phantom-glip-five-841a2b5eeb58), with the fold and TTA
+spreads pooled (:func:`combined_spread_mm`): AUROC 0.989 [0.971, 1.000] on the evaluation
+seeds (4 bad of 450); on bench.confidence_site's 40 difficult-site studies (120 hinge
+points, 67 more than 2 mm off) 0.642 [0.540, 0.740], where fold 0 alone scored 0.720
+[0.609, 0.814] on the same studies (75 off). Brier score there 0.244 (0.262 with the
+spreads' root sum of squares)."""
 
 SHARPNESS_ONLY = Calibration(intercept=0.234, spread_coef=0.0, sharp_coef=2.143)
 """With neither TTA passes nor several folds: sharpness only (same fit data)."""
@@ -250,6 +257,24 @@ def calibration_for(tta_passes: int, n_folds: int) -> Calibration:
     """The calibration that applies: :data:`CALIBRATION` when a spread was measured (TTA
     passes or several folds), else :data:`SHARPNESS_ONLY`."""
     return CALIBRATION if tta_passes > 0 or n_folds > 1 else SHARPNESS_ONLY
+
+
+def combined_spread_mm(fold_spread_mm: float, tta_spread_mm: float, n_folds: int = 1) -> float:
+    """One spread (mm) from the fold spread and the TTA spread: their quadratic mean when
+    both were measured (several folds, or a non-zero fold spread, and a TTA spread), else the
+    one that was.
+
+    Each is an RMS distance of extra network outputs from the main prediction, and the
+    calibration was fitted on one of them (the TTA spread of one fold), so the combination
+    stays on that scale. Their root sum of squares, used before, counted a two-fold
+    ensemble's disagreement twice (its TTA passes alternate the folds, so the TTA spread
+    holds it already) and put every landmark of the ensemble about 1.4 times further out:
+    on the demo case its correct hinge points scored 0.65-0.82 and on bench.confidence_site's
+    difficult site the gate at 0.5 flagged 43 of 53 correct hinge points."""
+    folds = n_folds > 1 or fold_spread_mm > 0.0
+    if folds and tta_spread_mm > 0.0:
+        return math.sqrt((fold_spread_mm**2 + tta_spread_mm**2) / 2.0)
+    return fold_spread_mm if folds else tta_spread_mm
 
 
 def score(
@@ -265,7 +290,8 @@ def score(
     """Calibrated confidence in [0, 1] (see :class:`Calibration`); ``calibration``
     defaults to :func:`calibration_for` (tta_passes, n_folds)."""
     cal = calibration or calibration_for(tta_passes, n_folds)
-    z = cal.logit(math.hypot(fold_spread_mm, tta_spread_mm), sharpness, sharpness_ref)
+    spread = combined_spread_mm(fold_spread_mm, tta_spread_mm, n_folds)
+    z = cal.logit(spread, sharpness, sharpness_ref)
     return 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, z))))
 
 
@@ -279,6 +305,7 @@ __all__ = [
     "TtaPass",
     "augment_grid",
     "calibration_for",
+    "combined_spread_mm",
     "moved_affine",
     "rms_spread_mm",
     "score",

@@ -77,6 +77,13 @@ def test_score_is_monotone_in_spread_and_sharpness() -> None:
     assert all(a > b for a, b in itertools.pairwise(fold)), fold
     sharp = [tta.score(0.0, 0.5, h, sharpness_ref=300.0, tta_passes=2) for h in (50, 200, 800)]
     assert sharp[0] <= sharp[1] <= sharp[2] and sharp[0] < sharp[2]
+    # Fold and TTA spreads are pooled on one scale: the same spread in both scores as that
+    # spread alone (a root sum of squares counted a two-fold ensemble's disagreement twice).
+    for d in (0.3, 1.0, 3.0):
+        both = tta.score(d, d, 400.0, sharpness_ref=300.0, tta_passes=2, n_folds=2)
+        assert both == pytest.approx(tta.score(0.0, d, 400.0, sharpness_ref=300.0, tta_passes=2))
+    assert tta.combined_spread_mm(0.6, 0.8) == pytest.approx(((0.36 + 0.64) / 2) ** 0.5)
+    assert tta.combined_spread_mm(0.0, 0.8) == 0.8 and tta.combined_spread_mm(0.5, 0.0, 2) == 0.5
     assert tta.calibration_for(0, 1) is tta.SHARPNESS_ONLY
     assert tta.calibration_for(2, 1) is tta.calibration_for(0, 3) is tta.CALIBRATION
     with pytest.raises(ValueError, match="spread_coef"):

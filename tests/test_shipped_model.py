@@ -17,7 +17,7 @@ from glipcore.volume_io import load_volume
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "models" / "phantom-glip"
-CONFIG = REPO / "configs" / "train-phantom-five.yaml"
+CONFIG = REPO / "configs" / "train-phantom-five-2fold.yaml"
 FRESH_SEED = 990_001  # never used for training (1000) nor for the evaluation set (424242)
 
 
