@@ -207,10 +207,12 @@ def boxplot(results: Sequence[CaseResult], names: Sequence[str], path: Path) -> 
         ax.plot([], [], color=colors[method], lw=8, label=METHOD_LABELS[method])
     ax.set_xticks(np.arange(len(groups)), groups)
     ax.set_ylabel("error (mm)")
-    ax.set_yscale("symlog", linthresh=2)
-    ax.axhline(2.0, color="grey", lw=0.8, ls="--")
+    ax.set_yscale("symlog", linthresh=2)  # linear up to 2 mm, where the decisions are
+    ax.set_ylim(bottom=0.0)
+    ax.axhline(2.0, color="grey", lw=0.8, ls="--", label="2 mm")
     ax.set_title(f"Landmark and plane errors, {len(results)} cases")
-    ax.legend(loc="upper left", fontsize=8)
+    # below the axis: inside, it hid the first landmark's naive-baseline box
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.09), ncol=4, fontsize=8, frameon=False)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
