@@ -235,19 +235,27 @@ def section_pilot(ctx: Ctx, exp: ExperimentSpec) -> str:
     )
     text.append(_img(name, "pilot learning curves"))
     steps = runs[0][1].curve_column("step")
-    head = ["step", *[f"seed {p.run.seed if p.run else '?'}" for p, _ in runs]]
+    head = ["step", *[f"seed {p.run.seed if p.run else '?'}: median / worst" for p, _ in runs]]
     rows = []
     for i, s in enumerate(steps):
         rows.append(
             [
                 str(int(s)),
                 *[
-                    _f(r.curve_column("val_median_mm")[i]) if i < len(r.curve) else "-"
+                    f"{_f(r.curve_column('val_median_mm')[i])} / "
+                    f"{_f(r.curve_column('val_worst_mm')[i])}"
+                    if i < len(r.curve)
+                    else "-"
                     for _, r in runs
                 ],
             ]
         )
     text.append(_table(head, rows))
+    text.append(
+        "Held-out median and worst landmark error (mm) at each checkpoint. The rule looks at "
+        "the median only; the worst case shows whether some cases still collapse there (two "
+        "landmarks on one spot), which a median under the target can hide."
+    )
     text.append(
         "The pilot validates on the held-out set itself (its purpose is to find where GLiP "
         "reaches the target there), so its learning-rate schedule follows held-out errors; "
