@@ -189,8 +189,9 @@ def test_models_list_promote_and_tampered(
     # a tampered copy is refused, and the active version stays
     bad = tmp_path / "tampered"
     bad.mkdir()
-    for f in ("bundle.json", "fold0.pt"):
-        shutil.copy2(SHIPPED_BUNDLE / f, bad / f)
+    for f in SHIPPED_BUNDLE.iterdir():  # bundle.json and every fold's weights
+        if f.suffix in (".json", ".pt"):
+            shutil.copy2(f, bad / f.name)
     data = bytearray((bad / "fold0.pt").read_bytes())
     data[-100] ^= 0xFF
     (bad / "fold0.pt").write_bytes(bytes(data))
