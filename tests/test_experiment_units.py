@@ -150,3 +150,31 @@ def test_second_stage_patch_targets_sit_on_the_truth(tmp_path: Path) -> None:
     pred = predict_patches(Oracle(), [patch], cfg, torch.device("cpu"))
     assert np.linalg.norm(pred[0] - truth) < 0.1
     assert ijk_to_lps(patch.affine(), np.zeros(3)).shape == (3,)
+
+
+def test_remaining_counts_each_run_once_and_times_it_by_finished_runs(tmp_path: Path) -> None:
+    from glipcore.experiment.budget import load_budget
+    from glipcore.experiment.eta import Remaining, describe, pace, remaining
+    from glipcore.experiment.plan import make_plan
+    from glipcore.experiment.spec import load_experiments
+
+    budget = load_budget("cpu").model_copy(update={"runs_dir": tmp_path / "runs"})
+    plan = make_plan(budget, load_experiments(), Store(tmp_path / "report"), "c0de")
+    left = remaining(plan, Store(tmp_path / "report"))
+    names = {p.name for p in plan.runs}
+    assert left.runs == len(names) < len(plan.runs)  # the best baseline's s1 run serves two
+    assert left.seconds is None and left.provisional  # nothing finished, pilot unknown
+    stage2 = sum(p.stage == "second" for p in {p.name: p for p in plan.runs}.values())
+    assert left.steps == (left.runs - stage2) * budget.max_steps + stage2 * budget.stage2.steps
+    assert "no finished run yet" in describe(left)
+    # the pace: wall seconds (training + test) per step, by stage
+    store = Store(tmp_path / "timed")
+    store.write("a", "k1", {"key": "k1", "steps": 400, "train_s": 300.0, "test_s": 100.0}, [], [])
+    store.write(
+        "b", "k2", {"key": "k2", "kind": "second-stage", "steps": 100, "train_s": 50.0}, [], []
+    )
+    rates = pace(r for k in ("k1", "k2") if (r := store.load(k)) is not None)
+    assert rates == {"first": 1.0, "second": 0.5}
+    line = describe(Remaining(3, 3000, 5400.0, rates, False))
+    assert "3 runs, 3000 training steps; about 1.5 h" in line and "max_steps" not in line
+    assert describe(Remaining(0, 0, 0.0, {}, False)) == "nothing left to run"

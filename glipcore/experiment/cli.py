@@ -205,7 +205,9 @@ def status(
     experiments: ExperimentsDir = DEFAULT_EXPERIMENTS_DIR,
     report_dir: ReportDir = DEFAULT_REPORT_DIR,
 ) -> None:
-    """Table of the runs: done, running, pending or waiting, with their keys."""
+    """Table of the runs: done, running, pending or waiting, with their keys, and what is
+    left: runs, training steps and hours at the pace of the runs finished so far."""
+    from glipcore.experiment.eta import describe, remaining
     from glipcore.experiment.plan import make_plan
     from glipcore.experiment.store import Store
 
@@ -215,6 +217,7 @@ def status(
         s: sum(r.state == s for r in plan.runs) for s in ("done", "running", "pending", "waiting")
     }
     Console().print(", ".join(f"{n} {s}" for s, n in counts.items()))
+    Console().print(describe(remaining(plan, Store(report_dir))))
     stale = Store(report_dir).keys() - {r.key for r in plan.runs if r.key}
     if stale:
         Console().print(
