@@ -86,16 +86,13 @@ def make_site(
         cases=cases, scenario=scenario, workdir=work, preset=preset, threads=threads, model=bundle
     )
     rows = generate_scenario(scenario, work / "scenario", cases, preset)
-    uids = [study_uid_of(r) for r in rows]
     node = Node(node_config(work, opts), work)
     try:
         node.start()
-        for r in rows:
-            node.send(sorted(Path(r.path).glob("*.dcm")))
-        node.wait_processed(uids, opts.timeout_s)
+        node.process(rows, opts.timeout_s)
     finally:
         node.stop()
-    truth = {u: r.points(LANDMARKS) for u, r in zip(uids, rows, strict=True)}
+    truth = {study_uid_of(r): r.points(LANDMARKS) for r in rows}
     return node.config_file, write_csv(work / "truth.csv", truth, "site")
 
 

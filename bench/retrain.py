@@ -335,6 +335,12 @@ class Node:
         cmd = [STORESCU, "-R", "-aet", CALLING_AE, "-aec", self.cfg.ae_title, "127.0.0.1"]
         _run([*cmd, str(self.cfg.network.port), *map(str, files)], "storescu")
 
+    def process(self, rows: list[ManifestRow], timeout_s: float) -> dict[str, Result]:
+        """Send each phantom study's series and wait for its result (by StudyInstanceUID)."""
+        for r in rows:
+            self.send(sorted(Path(r.path).glob("*.dcm")))
+        return self.wait_processed([study_uid_of(r) for r in rows], timeout_s)
+
     def wait_processed(self, study_uids: list[str], timeout_s: float) -> dict[str, Result]:
         """The finished result of each study (its newest job done), waiting for them."""
         deadline = time.monotonic() + timeout_s
@@ -516,9 +522,7 @@ def run_bench(opts: Options, say: Callable[[str], None] = print) -> BenchReport:
         t = time.monotonic()
         node.start()
         say(f"node up (serve + worker, SCP port {cfg.network.port}); sending the studies")
-        for r in rows:
-            node.send(sorted(Path(r.path).glob("*.dcm")))
-        results = node.wait_processed(uids, opts.timeout_s)
+        results = node.process(rows, opts.timeout_s)
         stages["send+process"] = time.monotonic() - t
         before = scenario_errors(results, truth)
         act = _summary(before)
@@ -574,8 +578,7 @@ def run_bench(opts: Options, say: Callable[[str], None] = print) -> BenchReport:
         next_version = next_sr_version = None
         t = time.monotonic()
         nuid = study_uid_of(nxt)
-        node.send(sorted(Path(nxt.path).glob("*.dcm")))
-        res = node.wait_processed([nuid], opts.timeout_s)[nuid]
+        res = node.process([nxt], opts.timeout_s)[nuid]
         next_version = res.model_version
         srs = (res.outputs or {}).get("sr") or []
         next_sr_version = sr_model_version(Path(srs[0]["path"])) if srs else None

@@ -189,9 +189,8 @@ def test_models_list_promote_and_tampered(
     # a tampered copy is refused, and the active version stays
     bad = tmp_path / "tampered"
     bad.mkdir()
-    for f in SHIPPED_BUNDLE.iterdir():  # bundle.json and every fold's weights
-        if f.suffix in (".json", ".pt"):
-            shutil.copy2(f, bad / f.name)
+    for f in ("bundle.json", *(fold.file for fold in read_manifest(SHIPPED_BUNDLE)[0].folds)):
+        shutil.copy2(SHIPPED_BUNDLE / f, bad / f)
     data = bytearray((bad / "fold0.pt").read_bytes())
     data[-100] ^= 0xFF
     (bad / "fold0.pt").write_bytes(bytes(data))

@@ -6,7 +6,6 @@ import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy import Engine, select
@@ -31,19 +30,13 @@ def copy_bundle(dst: Path, *, rename: str | None = None) -> Path:
     """A copy of the shipped bundle (weights and bundle.json only); ``rename`` changes its
     name, hence its version, while its checksums stay valid."""
     dst.mkdir(parents=True)
-    for f in ("bundle.json", *(fold["file"] for fold in read_manifest_json()["folds"])):
+    for f in ("bundle.json", *(fold.file for fold in read_manifest(SHIPPED_BUNDLE)[0].folds)):
         shutil.copy2(SHIPPED_BUNDLE / f, dst / f)
     if rename is not None:
         data = json.loads((dst / "bundle.json").read_text())
         data["name"] = rename
         (dst / "bundle.json").write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     return dst
-
-
-def read_manifest_json() -> dict[str, Any]:
-    """The shipped bundle.json as written (its fold files: the shipped model has two)."""
-    data: dict[str, Any] = json.loads((SHIPPED_BUNDLE / "bundle.json").read_text())
-    return data
 
 
 def tamper(bundle: Path) -> None:

@@ -59,13 +59,12 @@ def remaining(plan: Plan, store: Store) -> Remaining:
     done = (store.load(p.key) for p in plan.runs if p.state == "done" and p.key)
     rates = pace(r for r in done if r is not None)
     steps = {name: _steps(p, plan) for name, p in todo.items()}
-    seconds: float | None = 0.0
-    for name, p in todo.items():
-        rate = rates.get(p.stage) or next(iter(rates.values()), None)
-        if rate is None:
-            seconds = None
-            break
-        seconds = (seconds or 0.0) + rate * steps[name]
+    fallback = next(iter(rates.values()), 0.0)  # a stage not timed yet: the other's pace
+    seconds = (
+        sum(n * rates.get(todo[name].stage, fallback) for name, n in steps.items())
+        if rates
+        else None
+    )
     provisional = plan.budget.steps == "pilot" and plan.pilot_steps is None
     return Remaining(len(todo), sum(steps.values()), seconds, rates, provisional)
 
