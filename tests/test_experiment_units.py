@@ -178,3 +178,11 @@ def test_remaining_counts_each_run_once_and_times_it_by_finished_runs(tmp_path: 
     line = describe(Remaining(3, 3000, 5400.0, rates, False))
     assert "3 runs, 3000 training steps; about 1.5 h" in line and "max_steps" not in line
     assert describe(Remaining(0, 0, 0.0, {}, False)) == "nothing left to run"
+
+
+def test_store_keeps_small_losses_readable(tmp_path: Path) -> None:
+    """A WCE loss near 1e-5 must not be written as 0.0000 in curve.csv."""
+    store = Store(tmp_path)
+    store.write("wce-s1", "k1", {"key": "k1"}, [{"case_id": "c1"}], [{"step": 2, "loss": 1.234e-5}])
+    res = store.load("k1")
+    assert res is not None and float(res.curve[0]["loss"]) == pytest.approx(1.234e-5, rel=1e-4)

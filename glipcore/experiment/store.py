@@ -137,5 +137,6 @@ def _cell(v: Any) -> str:
     if isinstance(v, bool | np.bool_):
         return "1" if v else "0"
     if isinstance(v, float | np.floating):
-        return "" if not np.isfinite(v) else f"{float(v):.4f}"
+        # Six significant digits, not fixed decimals: some losses (WCE) sit near 1e-5.
+        return "" if not np.isfinite(v) else f"{float(v):.6g}"
     return str(v)
