@@ -237,9 +237,14 @@ def test_the_report_builds_with_figures_and_says_what_is_missing(
     assert "| the paper's claim | our phantom result | agrees? |" in page
     assert "Every planned run is done." in page
     assert "was not run here" in page
+    defaults = page.split("## Defaults for the shipped model", 1)[1].split("\n## ", 1)[0]
+    assert "| argmax decoding (no sub-voxel refinement) |" in defaults
+    assert "| lambda 0 (no penalty) |" in defaults
+    assert "no reason to change" in defaults or "beat the shipped setting" in defaults
     # with another code hash nothing counts as done, and the report says so
     partial = write_report(budget, experiments, store, "other-code").read_text()
     assert "These runs are not done" in partial and "not run yet" in partial.lower()
+    assert "needs the GLiP run with the shipped settings" in partial
 
 
 def test_cli_dry_run_and_status(tiny: tuple[Path, Budget, list[ExperimentSpec]]) -> None:

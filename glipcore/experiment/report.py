@@ -679,6 +679,116 @@ def section_stability(ctx: Ctx, exp: ExperimentSpec) -> str:
     return "\n\n".join(text)
 
 
+def _is_default_glip(p: PlannedRun) -> bool:
+    r = p.run
+    return (
+        r is not None
+        and r.loss == "glip"
+        and r.variant == "code"
+        and r.sigma_mm == 1.0
+        and r.lam == 10.0
+        and r.seed == 0
+        and r.curve_on == "val"
+    )
+
+
+def _glip_variants(ctx: Ctx) -> list[tuple[str, PlannedRun, RunResult]]:
+    """Seed-0 GLiP (or OT) runs that change one of the shipped settings, named by the change."""
+    out, seen = [], set()
+    for p in ctx.plan.runs:
+        r = p.run
+        if (
+            p.stage != "first"
+            or r is None
+            or p.key is None
+            or p.key in seen
+            or p.key not in ctx.results
+            or r.loss not in ("glip", "ot")
+            or r.seed != 0
+            or r.curve_on != "val"
+            or _is_default_glip(p)
+        ):
+            continue
+        seen.add(p.key)
+        if r.loss == "ot":
+            change = "lambda 0 (no penalty)"
+        elif r.variant != "code":
+            change = f"penalty variant {r.variant}"
+        elif r.sigma_mm != 1.0:
+            change = f"sigma {r.sigma_mm:g} mm"
+        else:
+            change = f"lambda {r.lam:g}"
+        out.append((change, p, ctx.results[p.key]))
+    return out
+
+
+def section_defaults(ctx: Ctx) -> str:
+    """Whether a run shows a better default than the shipped model's (sigma 1 mm, lambda 10,
+    the code's penalty, sub-voxel decoding): paired differences on the same cases."""
+    default = next(
+        (
+            (p, ctx.results[p.key])
+            for p in ctx.plan.runs
+            if p.stage == "first" and p.key in ctx.results and _is_default_glip(p)
+        ),
+        None,
+    )
+    if default is None:
+        return "Not run yet (needs the GLiP run with the shipped settings)."
+    base = hinge_errors(default[1])
+    argmax = np.stack([default[1].column(f"{n}_argmax_mm") for n in LANDMARKS], axis=1)
+    rows: list[list[str]] = []
+    better: list[str] = []
+
+    def add(change: str, errs: NDArray[np.float64]) -> None:
+        d = paired_difference(errs, base)
+        verdict = "better" if d.high < 0 else ("worse" if d.low > 0 else "no difference shown")
+        if d.high < 0:
+            better.append(change)
+        rows.append(
+            [
+                change,
+                _f(float(np.nanmedian(errs))),
+                d.text(),
+                _f(100 * share_better(errs, base), 0) + " %",
+                verdict,
+            ]
+        )
+
+    add("argmax decoding (no sub-voxel refinement)", argmax)
+    for change, _p, res in sorted(_glip_variants(ctx), key=lambda x: x[0]):
+        add(change, hinge_errors(res))
+    text = [
+        "Each row changes one setting of the shipped model's GLiP (sigma 1 mm, lambda 10, the "
+        "code's penalty variant, sub-voxel decoding) and compares it with the GLiP run of the "
+        "same seed on the same held-out cases; below 0 means the change has the smaller errors.",
+        _table(
+            [
+                "change",
+                "median mm",
+                "paired change - shipped, median mm [95% CI]",
+                "change better on",
+                "verdict",
+            ],
+            rows,
+        ),
+    ]
+    if better:
+        text.append(
+            "At this budget (one seed, the cpu budget's steps) "
+            + ", ".join(better)
+            + " beat the shipped setting. The shipped model trains several times longer "
+            "than these runs; change it only after a held-out comparison at that length "
+            "(`bench.model_compare`), not on this table alone."
+        )
+    else:
+        text.append(
+            "No change beats the shipped settings here (no interval lies below 0): the runs "
+            "give no reason to change the shipped model's defaults."
+        )
+    return "\n\n".join(text)
+
+
 SECTIONS: dict[str, Callable[[Ctx, ExperimentSpec], str]] = {
     "pilot": section_pilot,
     "losses": section_losses,
@@ -735,6 +845,9 @@ def _header(ctx: Ctx) -> str:
         "- errors are Euclidean distances of the three hinge points in mm with sub-voxel "
         "decoding; medians come with 95% bootstrap intervals over cases; paired differences "
         "are taken on the same cases and landmarks",
+        "- failed (in the tables): a test case whose prediction collapsed (two hinge points "
+        "under 3 mm apart, or a flat heatmap: peak sharpness under 10) or whose annulus plane "
+        "is undefined; its errors still count in the medians and the worst case",
         "- `--budget paper` (the paper's sizes on a GPU) was not run here: there is no GPU; a "
         "test builds its configurations and takes one tiny step.",
     ]
@@ -819,6 +932,7 @@ def write_report(
         "## The paper's claims against the phantom results\n\n"
         + _table(["the paper's claim", "our phantom result", "agrees?", "paper"], claims),
     )
+    parts.append("## Defaults for the shipped model\n\n" + section_defaults(ctx))
     parts.append("## Runs not done\n\n" + _not_done(ctx))
     parts.append(
         "## Finished runs\n\nPer-case errors (`cases.csv`), learning curve (`curve.csv`) and "
