@@ -150,9 +150,11 @@ def line_plot(
 ) -> None:
     """One line per label (learning curves, SDR curves)."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
-    for label, (x, y) in lines.items():
-        ax.plot(x, y, marker=".", label=label)
+    many = len(lines) > 8
+    fig, ax = plt.subplots(figsize=(10 if many else 7, 4.2), dpi=110)
+    cmap = plt.get_cmap("tab20" if len(lines) > 10 else "tab10")
+    for k, (label, (x, y)) in enumerate(lines.items()):
+        ax.plot(x, y, marker=".", label=label, color=cmap(k % cmap.N))
     if hline is not None:
         ax.axhline(hline, color="grey", lw=0.8, ls="--")
     if logy:
@@ -162,7 +164,10 @@ def line_plot(
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    ax.legend(fontsize=7)
+    if many:  # beside the axes, where it hides no line
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    else:
+        ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
