@@ -186,3 +186,10 @@ def test_store_keeps_small_losses_readable(tmp_path: Path) -> None:
     store.write("wce-s1", "k1", {"key": "k1"}, [{"case_id": "c1"}], [{"step": 2, "loss": 1.234e-5}])
     res = store.load("k1")
     assert res is not None and float(res.curve[0]["loss"]) == pytest.approx(1.234e-5, rel=1e-4)
+
+
+def test_grid_edges_counts_axis_aligned_neighbour_pairs() -> None:
+    from glipcore.experiment.report import grid_edges
+
+    assert grid_edges((2, 2, 2)) == 12  # a cube's edges
+    assert grid_edges((1, 1, 5)) == 4 and grid_edges((1, 1, 1)) == 0
