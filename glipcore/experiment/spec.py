@@ -112,7 +112,11 @@ class ResolvedRun(BaseModel):
         base, _, gp = self.loss.partition("+")
         text = nice.get(base, base) + ("+GP" if gp else "")
         if self.variant == "paper":
-            text += " (paper penalty)"
+            text += (
+                " (paper penalty)"
+                if self.lam in (0, 10)
+                else f" (paper penalty, lambda {self.lam:.2g})"
+            )
         return text
 
 
