@@ -39,7 +39,12 @@ TINY_EXPERIMENTS: list[dict[str, object]] = [
         "kind": "ablation",
         "priority": 2,
         "claim": "OT worse",
-        "runs": [{"loss": "ot"}, {"loss": "glip"}],
+        "runs": [
+            {"loss": "ot"},
+            {"loss": "glip"},
+            {"loss": "glip", "variant": "paper"},
+            {"loss": "glip", "variant": "paper", "lam": 0.001},
+        ],
     },
     {
         "name": "gp",
@@ -138,7 +143,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Budget, list[E
     budget = load_budget("cpu", root / "budgets.yaml")
     experiments = load_experiments(exps)
     done = run_plan(budget, experiments, Store(root / "report"), code=CODE, progress=False)
-    assert len(done) == 6  # pilot, glip, wce, ot, wce+gp, second stage of glip
+    assert len(done) == 8  # pilot, glip, wce, ot, 2 paper variants, wce+gp, glip stage 2
     return root, budget, experiments
 
 
@@ -237,6 +242,8 @@ def test_the_report_builds_with_figures_and_says_what_is_missing(
     assert "| the paper's claim | our phantom result | agrees? |" in page
     assert "Every planned run is done." in page
     assert "was not run here" in page
+    assert "The paper variant (eq. 6-7 as printed)" in page and "At lambda 0.001 " in page
+    assert "| GLiP (paper penalty, lambda 0.001) |" in page
     defaults = page.split("## Defaults for the shipped model", 1)[1].split("\n## ", 1)[0]
     assert "| argmax decoding (no sub-voxel refinement) |" in defaults
     assert "| lambda 0 (no penalty) |" in defaults

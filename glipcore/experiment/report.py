@@ -387,9 +387,18 @@ def section_ablation(ctx: Ctx, exp: ExperimentSpec) -> str:
         )
     else:
         ctx.claims.append((exp.claim, "incomplete", "not run", exp.paper))
-    paper = next((x for x in runs if x[0].run is not None and x[0].run.variant == "paper"), None)
-    if paper is not None:
-        text.append(_paper_variant_note(ctx, paper[1], glip[1] if glip else None))
+    paper = [x for x in runs if x[0].run is not None and x[0].run.variant == "paper"]
+    at10 = [r for p, r in paper if p.run is not None and p.run.lam == 10]
+    if at10:
+        text.append(_paper_variant_note(ctx, at10[0], glip[1] if glip else None))
+    for p, r in paper:
+        if p.run is not None and p.run.lam != 10:
+            text.append(
+                f"At lambda {p.run.lam:.2g} (the code variant's weight) the paper variant's "
+                f"held-out median is {_f(float(np.median(hinge_errors(r))))} mm against "
+                f"{_f(float(np.median(hinge_errors(glip[1])))) if glip else '?'} mm for the "
+                "code variant at lambda 10."
+            )
     return "\n\n".join(text)
 
 
