@@ -174,6 +174,12 @@ def line_plot(
     plt.close(fig)
 
 
+def curve_text(res: RunResult, column: str = "val_median_mm", fmt: str = ".1f") -> str:
+    """A run's learning-curve column at each evaluation, e.g. ``8.8 > 4.6``."""
+    vals = res.curve_column(column)
+    return " > ".join(format(v, fmt) if np.isfinite(v) else "-" for v in vals) or "-"
+
+
 def _img(name: str, alt: str) -> str:
     return f"![{alt}](figures/{name})"
 
@@ -195,6 +201,7 @@ def error_table(runs: Sequence[tuple[PlannedRun, RunResult]]) -> str:
                 f"{_f(t['plane_median_mm'])} / {_f(t['plane_worst_mm'])}",
                 f"{_f(t['angle_median_deg'], 1)} / {_f(t['angle_worst_deg'], 1)}",
                 f"{t['failed']} / {t['cases']}",
+                curve_text(res),
             ]
         )
     return _table(
@@ -206,6 +213,7 @@ def error_table(runs: Sequence[tuple[PlannedRun, RunResult]]) -> str:
             "plane eq. 9 median / worst mm",
             "angle median / worst deg",
             "failed",
+            "validation median mm by evaluation",
         ],
         rows,
     )
@@ -628,8 +636,27 @@ def _sweep(
     name = "sigma" if attr == "sigma_mm" else "lambda"
     grouped_boxplot(ctx.figure(fig), [f"{name} {v:g}" for v in values], series, title)
     rows = [[lab, *[_f(m.get(v)) for v in values]] for lab, m in meds.items()]
-    return _table(["loss", *[f"{name} {v:g}" for v in values]], rows) + "\n\n" + _img(
-        fig, title
+    named = sorted(
+        (
+            (p.run.label if attr != "lam" else "GLiP", float(getattr(p.run, attr)), r)
+            for p, r in runs
+            if p.run is not None
+        ),
+        key=lambda x: (x[0], x[1]),
+    )
+    curves = [
+        [f"{lab} {name} {v:g}", curve_text(r), curve_text(r, "loss", ".3g")] for lab, v, r in named
+    ]
+    return "\n\n".join(
+        [
+            _table(["loss", *[f"{name} {v:g}" for v in values]], rows),
+            _img(fig, title),
+            "Each run's validation median and training loss at each evaluation (every "
+            f"{ctx.plan.budget.eval_every} steps): a median still falling at the end means "
+            "the run was still learning when the budget ended; an OT term running far "
+            "below 0 means the penalty no longer bounds the output.",
+            _table(["run", "validation median mm", "training loss"], curves),
+        ]
     ), meds
 
 
@@ -638,7 +665,7 @@ def section_sigma(ctx: Ctx, exp: ExperimentSpec) -> str:
         ctx.claims.append((exp.claim, "not run yet", "not run", exp.paper))
         return "Not run yet."
     text, meds = _sweep(
-        ctx, exp, "sigma_mm", "fig11-sigma.png", "Median error by heatmap sigma (cf. Fig. 11)"
+        ctx, exp, "sigma_mm", "fig11-sigma.png", "Error by heatmap sigma (cf. Fig. 11)"
     )
     g = meds.get("GLiP", {})
     small = [g[s] for s in (0.5, 1.0, 2.0, 4.0) if s in g]
@@ -661,9 +688,7 @@ def section_lambda(ctx: Ctx, exp: ExperimentSpec) -> str:
     if not ctx.done(exp):
         ctx.claims.append((exp.claim, "not run yet", "not run", exp.paper))
         return "Not run yet."
-    text, meds = _sweep(
-        ctx, exp, "lam", "fig12-lambda.png", "GLiP median error by lambda (cf. Fig. 12)"
-    )
+    text, meds = _sweep(ctx, exp, "lam", "fig12-lambda.png", "GLiP error by lambda (cf. Fig. 12)")
     g = meds.get("GLiP", {})
     pos = [m for lam, m in g.items() if lam > 0]
     if pos and 0.0 in g:
