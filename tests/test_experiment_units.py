@@ -193,3 +193,15 @@ def test_grid_edges_counts_axis_aligned_neighbour_pairs() -> None:
 
     assert grid_edges((2, 2, 2)) == 12  # a cube's edges
     assert grid_edges((1, 1, 5)) == 4 and grid_edges((1, 1, 1)) == 0
+
+
+def test_grade_trend_is_negative_when_better_grades_have_smaller_errors() -> None:
+    from glipcore.experiment.report import grade_trend
+
+    order = ["1", "2", "3-", "3+", "4"]
+    quality = np.repeat(order, 6)
+    errors = np.repeat([5.0, 4.0, 3.0, 2.0, 1.0], 6)[:, None] + np.zeros((30, 3))
+    rho = grade_trend(quality, errors, order, n_boot=200)
+    assert rho.value == pytest.approx(-1.0) and rho.high < 0
+    flat = grade_trend(quality, np.random.default_rng(1).random((30, 3)), order, n_boot=200)
+    assert flat.low < 0 < flat.high

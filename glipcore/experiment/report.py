@@ -17,7 +17,12 @@ from glipcore import LANDMARKS
 from glipcore.experiment.budget import Budget
 from glipcore.experiment.plan import Plan, PlannedRun, make_plan
 from glipcore.experiment.spec import ExperimentSpec
-from glipcore.experiment.stats import bootstrap_median, paired_difference, share_better
+from glipcore.experiment.stats import (
+    Interval,
+    bootstrap_median,
+    paired_difference,
+    share_better,
+)
 from glipcore.experiment.store import RunResult, Store
 from glipcore.phantom.params import QUALITY_GRADES
 
@@ -522,16 +527,45 @@ def section_grade(ctx: Ctx, exp: ExperimentSpec) -> str:
         _img("fig7-quality.png", "Fig. 7 analogue"),
     ]
     if "1" in meds and "4" in meds and "2" in meds:
-        ok = meds["4"] < meds["1"] and meds["2"] < EXPERT_MM
+        rho = grade_trend(quality, err, list(QUALITY_GRADES))
+        text.append(
+            "Trend: Spearman correlation of grade (1 worst to 4 best) with each case's median "
+            f"hinge error {rho.text()} (95% bootstrap interval over cases); below 0 means "
+            "better images give smaller errors."
+        )
+        ok = rho.high < 0 and meds["2"] < EXPERT_MM
         ctx.claims.append(
             (
                 exp.claim,
-                "medians by grade: " + ", ".join(f"{g}: {m:.2f}" for g, m in meds.items()),
-                _agree(ok, meds["2"] < EXPERT_MM or meds["4"] < meds["1"]),
+                "medians by grade: "
+                + ", ".join(f"{g}: {m:.2f}" for g, m in meds.items())
+                + f"; Spearman rho {rho.text()}",
+                _agree(ok, meds["2"] < EXPERT_MM and meds["4"] < meds["1"]),
                 exp.paper,
             )
         )
     return "\n\n".join(text)
+
+
+def grade_trend(
+    quality: NDArray[Any], errors: NDArray[np.float64], order: Sequence[str], n_boot: int = 2000
+) -> Interval:
+    """Spearman correlation of quality grade (ranked by ``order``) with each case's median
+    error, and its case-resampling 95% interval."""
+    from scipy.stats import spearmanr
+
+    g = np.array([order.index(q) for q in quality], dtype=np.float64)
+    e = np.nanmedian(errors.reshape(len(errors), -1), axis=1)
+
+    def rho(idx: NDArray[np.int64]) -> float:
+        if np.ptp(g[idx]) == 0 or np.ptp(e[idx]) == 0:
+            return float("nan")
+        return float(spearmanr(g[idx], e[idx]).statistic)
+
+    rng = np.random.default_rng(0)
+    boots = np.array([rho(rng.integers(len(g), size=len(g))) for _ in range(n_boot)])
+    lo, hi = np.nanpercentile(boots, [2.5, 97.5])
+    return Interval(rho(np.arange(len(g))), float(lo), float(hi))
 
 
 def section_second(ctx: Ctx, exp: ExperimentSpec) -> str:
