@@ -157,9 +157,10 @@ def line_plot(
     plt = _plt()
     many = len(lines) > 8
     fig, ax = plt.subplots(figsize=(10 if many else 7, 4.2), dpi=110)
-    cmap = plt.get_cmap("tab20" if len(lines) > 10 else "tab10")
+    cmap = plt.get_cmap("tab10")
+    styles = ("-", "--", ":")
     for k, (label, (x, y)) in enumerate(lines.items()):
-        ax.plot(x, y, marker=".", label=label, color=cmap(k % cmap.N))
+        ax.plot(x, y, marker=".", label=label, color=cmap(k % 10), ls=styles[(k // 10) % 3])
     if hline is not None:
         ax.axhline(hline, color="grey", lw=0.8, ls="--")
     if logy:
