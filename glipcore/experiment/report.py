@@ -908,7 +908,9 @@ def _glip_variants(ctx: Ctx) -> list[tuple[str, PlannedRun, RunResult]]:
         if r.loss == "ot":
             change = "lambda 0 (no penalty)"
         elif r.variant != "code":
-            change = f"penalty variant {r.variant}"
+            change = f"penalty variant {r.variant}" + (
+                f", lambda {r.lam:.2g}" if r.lam != 10 else ""
+            )
         elif r.sigma_mm != 1.0:
             change = f"sigma {r.sigma_mm:g} mm"
         else:
