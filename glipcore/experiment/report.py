@@ -180,15 +180,21 @@ def line_plot(
     plt.close(fig)
 
 
+def merged_cases(res: RunResult) -> int:
+    """Test cases with two hinge points under COLLAPSE_MM apart."""
+    from glipcore.experiment.runner import COLLAPSE_MM
+
+    return int(np.sum(res.column("closest_pair_mm") < COLLAPSE_MM))
+
+
 def failure_text(res: RunResult) -> str:
     """``merged / flat / failed / cases``: test cases with two hinge points under
     COLLAPSE_MM apart, with a heatmap under FLAT_SHARPNESS, and with either (or no plane)."""
-    from glipcore.experiment.runner import COLLAPSE_MM, FLAT_SHARPNESS
+    from glipcore.experiment.runner import FLAT_SHARPNESS
 
     t = res.summary["test"]
-    pair = res.column("closest_pair_mm")
     sharp = np.stack([res.column(f"{n}_sharpness") for n in LANDMARKS], axis=1)
-    merged = int(np.sum(pair < COLLAPSE_MM))
+    merged = merged_cases(res)
     flat = int(np.sum(np.nanmin(sharp, axis=1) < FLAT_SHARPNESS)) if np.isfinite(sharp).any() else 0
     return f"{merged} / {flat} / {t['failed']} of {t['cases']}"
 
@@ -441,9 +447,8 @@ def _paper_variant_note(ctx: Ctx, paper: RunResult, code: RunResult | None) -> s
     edges = grid_edges(crop) * len(LANDMARKS)
     loss = paper.curve_column("loss")
     last = f"{loss[-1]:.3g}" if loss.size else "?"
-    code_last = ""
-    if code is not None and code.curve_column("loss").size:
-        code_last = f" against {code.curve_column('loss')[-1]:.3g} for the code variant"
+    code_loss = code.curve_column("loss") if code is not None else np.array([])
+    code_last = f" against {code_loss[-1]:.3g} for the code variant" if code_loss.size else ""
     return (
         "The paper variant (eq. 6-7 as printed) sums its (|f_u - f_v| - 1)^2 terms over the "
         f"{edges:,} axis-aligned edges of a sample's {len(LANDMARKS)} maps "
@@ -464,6 +469,7 @@ def section_gp(ctx: Ctx, exp: ExperimentSpec) -> str:
     by = {p.run.loss: (p, r) for p, r in runs if p.run is not None}
     rows, series_without, series_with, groups = [], [], [], []
     helped = []
+    meds: dict[str, tuple[float, float]] = {}  # without, with GP
     for base in ("wce", "focal", "mse", "l1", "smoothl1"):
         if base not in by or f"{base}+gp" not in by:
             continue
@@ -473,7 +479,8 @@ def section_gp(ctx: Ctx, exp: ExperimentSpec) -> str:
         series_without.append(b.ravel())
         series_with.append(a.ravel())
         helped.append((base, d))
-        rows.append([_label(by[base][0]), _f(np.median(b)), _f(np.median(a)), d.text()])
+        meds[base] = (float(np.median(b)), float(np.median(a)))
+        rows.append([_label(by[base][0]), _f(meds[base][0]), _f(meds[base][1]), d.text()])
     text = [
         "The same grid penalty (code variant) on the raw output, lambda 10 as for GLiP.",
         error_table(runs),
@@ -493,13 +500,6 @@ def section_gp(ctx: Ctx, exp: ExperimentSpec) -> str:
             _img("fig6-gp.png", "Fig. 6 analogue"),
         ]
         # a pair in which neither run localises at all is no evidence either way
-        meds = {
-            b: (
-                float(np.median(hinge_errors(by[b][1]))),
-                float(np.median(hinge_errors(by[f"{b}+gp"][1]))),
-            )
-            for b, _ in helped
-        }
         testable = [(b, d) for b, d in helped if min(meds[b]) <= NO_PEAKS_MM]
         lost = [_label(by[b][0]) for b, _ in helped if min(meds[b]) > NO_PEAKS_MM]
         if lost:
@@ -756,7 +756,7 @@ def section_sigma(ctx: Ctx, exp: ExperimentSpec) -> str:
             best = min(m, key=lambda v: m[v])
             base_ok = best > 1.0
             merged = {
-                float(p.run.sigma_mm): failure_text(r).split(" / ")[0]
+                float(p.run.sigma_mm): merged_cases(r)
                 for p, r in ctx.done(exp)
                 if p.run is not None and p.run.label == lab
             }
