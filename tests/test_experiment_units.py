@@ -11,7 +11,7 @@ import pytest
 from glipcore.experiment.budget import Budget, HeldOutSpec
 from glipcore.experiment.keys import code_hash, run_key
 from glipcore.experiment.plan import pilot_choice
-from glipcore.experiment.spec import RunSpec
+from glipcore.experiment.spec import ResolvedRun, RunSpec
 from glipcore.experiment.stats import bootstrap_median, paired_difference, share_better
 from glipcore.experiment.store import Store
 
@@ -205,3 +205,32 @@ def test_grade_trend_is_negative_when_better_grades_have_smaller_errors() -> Non
     assert rho.value == pytest.approx(-1.0) and rho.high < 0
     flat = grade_trend(quality, np.random.default_rng(1).random((30, 3)), order, n_boot=200)
     assert flat.low < 0 < flat.high
+
+
+def test_shipped_settings_come_from_the_shipped_bundle(tmp_path: Path) -> None:
+    import json
+
+    from glipcore.experiment.plan import PlannedRun
+    from glipcore.experiment.report import SHIPPED_BUNDLE, ShippedSettings
+
+    shipped = ShippedSettings.read(SHIPPED_BUNDLE)
+    meta = json.loads(SHIPPED_BUNDLE.read_text())
+    assert (shipped.loss, shipped.sigma_mm) == (meta["loss"], meta["sigma_mm"])
+    assert (shipped.variant, shipped.lam) == (
+        meta["metadata"]["loss_variant"],
+        meta["metadata"]["lambda"],
+    )
+    run = RunSpec(
+        loss=shipped.loss, sigma_mm=shipped.sigma_mm, lam=shipped.lam, variant=shipped.variant
+    ).resolve(None)
+    other = RunSpec(loss=shipped.loss, sigma_mm=2 * shipped.sigma_mm, lam=shipped.lam).resolve(None)
+    assert run is not None and other is not None
+
+    def planned(r: ResolvedRun) -> PlannedRun:
+        return PlannedRun(("x",), "first", RunSpec(), r, r.name, None, None, None, "pending")
+
+    assert shipped.matches(planned(run)) and not shipped.matches(planned(other))
+    broken = tmp_path / "bundle.json"
+    broken.write_text('{"loss": "glip"}')
+    with pytest.raises(ValueError, match="cannot read the shipped model's loss settings"):
+        ShippedSettings.read(broken)

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 DEFAULT_BUDGETS = Path("configs/experiments/budgets.yaml")
 DEFAULT_EXPERIMENTS_DIR = Path("configs/experiments")
 DEFAULT_REPORT_DIR = Path("reports/paper-on-phantoms")
+DEFAULT_SHIPPED_BUNDLE = Path("models/phantom-glip/bundle.json")
 
 console = Console(stderr=True)
 app = typer.Typer(
@@ -141,11 +142,15 @@ def _go(
 
 
 def _write_report(
-    budget: Budget, experiments: list[ExperimentSpec], store: Store, code: str | None = None
+    budget: Budget,
+    experiments: list[ExperimentSpec],
+    store: Store,
+    code: str | None = None,
+    shipped: Path = DEFAULT_SHIPPED_BUNDLE,
 ) -> None:
     from glipcore.experiment.report import write_report
 
-    path = write_report(budget, experiments, store, code)
+    path = write_report(budget, experiments, store, code, shipped)
     console.print(f"report: {path}")
 
 
@@ -232,8 +237,20 @@ def report(
     budgets: BudgetsFile = DEFAULT_BUDGETS,
     experiments: ExperimentsDir = DEFAULT_EXPERIMENTS_DIR,
     report_dir: ReportDir = DEFAULT_REPORT_DIR,
+    shipped: Annotated[
+        Path,
+        typer.Option(
+            help="The shipped model's bundle.json: the report tests one-setting changes "
+            "against the loss settings it was trained with."
+        ),
+    ] = DEFAULT_SHIPPED_BUNDLE,
 ) -> None:
     """Write REPORT_DIR/README.md with figures and tables from the finished runs."""
     from glipcore.experiment.store import Store
 
-    _write_report(_budget(budget, budgets, None), _experiments(experiments), Store(report_dir))
+    _write_report(
+        _budget(budget, budgets, None),
+        _experiments(experiments),
+        Store(report_dir),
+        shipped=shipped,
+    )
