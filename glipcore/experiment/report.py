@@ -252,6 +252,12 @@ def failure_text(res: RunResult) -> str:
     return f"{merged} / {flat} / {t['failed']} of {t['cases']}"
 
 
+def last_loss(res: RunResult | None) -> float | None:
+    """A run's training loss at its last evaluation (None without a run or a curve)."""
+    loss = res.curve_column("loss") if res is not None else np.array([])
+    return float(loss[-1]) if loss.size else None
+
+
 def curve_text(res: RunResult, column: str = "val_median_mm", fmt: str = ".1f") -> str:
     """A run's learning-curve column at each evaluation, e.g. ``8.8 > 4.6``."""
     vals = res.curve_column(column)
@@ -494,11 +500,11 @@ def _scaled_paper_note(lam: float, paper: RunResult, code: RunResult | None) -> 
     )
     if med <= NO_PEAKS_MM:
         return head + ": scaled to the code variant's weight, the printed equation localises."
-    loss, val = paper.curve_column("loss"), paper.curve_column("val_median_mm")
-    code_loss = code.curve_column("loss") if code is not None else np.array([])
+    loss, code_loss = last_loss(paper), last_loss(code)
+    val = paper.curve_column("val_median_mm")
     facts = []
-    if loss.size and code_loss.size:
-        facts.append(f"training loss {loss[-1]:.3g} at the last step against {code_loss[-1]:.3g}")
+    if loss is not None and code_loss is not None:
+        facts.append(f"training loss {loss:.3g} at the last step against {code_loss:.3g}")
     if val.size > 1:
         trend = "still falling" if val[-1] < val[0] else "not falling"
         facts.append(f"validation median {' > '.join(_f(v, 1) for v in val)} mm, {trend}")
@@ -525,10 +531,9 @@ def _paper_variant_note(ctx: Ctx, paper: RunResult, code: RunResult | None) -> s
     """Why the paper variant behaves as it does at the code variant's lambda."""
     crop = ctx.plan.budget.crop_zyx
     edges = grid_edges(crop) * len(LANDMARKS)
-    loss = paper.curve_column("loss")
-    last = f"{loss[-1]:.3g}" if loss.size else "?"
-    code_loss = code.curve_column("loss") if code is not None else np.array([])
-    code_last = f" against {code_loss[-1]:.3g} for the code variant" if code_loss.size else ""
+    loss, code_loss = last_loss(paper), last_loss(code)
+    last = f"{loss:.3g}" if loss is not None else "?"
+    code_last = f" against {code_loss:.3g} for the code variant" if code_loss is not None else ""
     return (
         "The paper variant (eq. 6-7 as printed) sums its (|f_u - f_v| - 1)^2 terms over the "
         f"{edges:,} axis-aligned edges of a sample's {len(LANDMARKS)} maps "
@@ -938,9 +943,12 @@ def section_stability(ctx: Ctx, exp: ExperimentSpec) -> str:
                 _f(t["median_mm"]),
             ]
         )
+    from glipcore.experiment.runner import COLLAPSE_MM, FLAT_SHARPNESS
+
     text = [
-        "A test case collapses when two predicted landmarks are under 3 mm apart or a heatmap "
-        "is flat (peak sharpness under 10); a run counts as collapsed when more than "
+        f"A test case collapses when two predicted landmarks are under {COLLAPSE_MM:g} mm apart "
+        f"or a heatmap is flat (peak sharpness under {FLAT_SHARPNESS:g}); a run counts as "
+        "collapsed when more than "
         f"{COLLAPSED_RUN_SHARE:.0%} of its test cases collapse.",
         _img("learning-curves.png", "learning curves"),
     ]
@@ -1086,6 +1094,7 @@ SECTIONS: dict[str, Callable[[Ctx, ExperimentSpec], str]] = {
 
 
 def _header(ctx: Ctx) -> str:
+    from glipcore.experiment.runner import COLLAPSE_MM, FLAT_SHARPNESS
     from glipcore.experiment.testset import stratified_indices
     from glipcore.phantom import random_case
 
@@ -1125,8 +1134,9 @@ def _header(ctx: Ctx) -> str:
         "- errors are Euclidean distances of the three hinge points in mm with sub-voxel "
         "decoding; medians come with 95% bootstrap intervals over cases; paired differences "
         "are taken on the same cases and landmarks",
-        "- merged / flat / failed (in the tables): test cases with two hinge points under 3 mm "
-        "apart; with a flat heatmap (peak sharpness under 10: the peak's drop to its "
+        "- merged / flat / failed (in the tables): test cases with two hinge points under "
+        f"{COLLAPSE_MM:g} mm apart; with a flat heatmap (peak sharpness under "
+        f"{FLAT_SHARPNESS:g}: the peak's drop to its "
         "neighbours in units of the map's robust spread); and with either or an undefined "
         "annulus plane. Failed cases' errors still count in the medians and the worst case. "
         "A wide target (sigma 4-8 mm) has little drop near its peak by design, so there read "
